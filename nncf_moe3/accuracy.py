@@ -16,6 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+#: CPU plugin settings for accuracy measurement: f32 math, no dynamic activation quantization.
+CPU_EXACT_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+
 #: Shannon rate-distortion bound for an i.i.d. N(0,1) source at 3 bits: 2^-6.
 SHANNON_3BIT_MSE = 2.0**-6
 #: Scalar Lloyd-Max quantizer with 8 levels on N(0,1) (no group scales).
@@ -99,8 +102,9 @@ def ov_logits_fn(model, device: str = "CPU", core=None, config: dict | None = No
     core = core or ov.Core()
     if isinstance(model, (str, Path)):
         model = core.read_model(str(model))
-    # f32 execution isolates the weight-quantization error (the CPU plugin otherwise may run bf16 on AMX machines).
-    cfg = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+    # f32 execution without dynamic int8 quantization of activations isolates the weight-quantization error
+    # (by default the CPU plugin may run bf16 on AMX machines and quantizes activations for u8/u4 weights).
+    cfg = dict(CPU_EXACT_CONFIG) if device == "CPU" else {}
     cfg.update(config or {})
     compiled = core.compile_model(model, device, cfg)
     names = {inp.get_any_name() for inp in compiled.inputs}

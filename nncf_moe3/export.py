@@ -50,6 +50,7 @@ __all__ = [
     "OV_TILED_EXPERTS",
     "SUPPORTED_ARCHITECTURES",
     "TOKENIZER_FILES",
+    "copy_tokenizer_files",
     "export_model",
     "find_expert_matmuls",
     "find_experts_modules",
@@ -368,16 +369,22 @@ def export_model(
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov_model, output_dir / "openvino_model.xml", compress_to_fp16=compress_to_fp16)
-        copied = set()
-        if source_dir is not None:
-            for fname in TOKENIZER_FILES:
-                src = source_dir / fname
-                if src.is_file() and src.resolve() != (output_dir / fname).resolve():
-                    shutil.copy2(src, output_dir / fname)
-                    copied.add(fname)
+        copied = copy_tokenizer_files(source_dir, output_dir) if source_dir is not None else set()
         if "config.json" not in copied and hasattr(model, "config") and not (output_dir / "config.json").exists():
             model.config.to_json_file(str(output_dir / "config.json"))
     return ov_model
+
+
+def copy_tokenizer_files(source_dir: str | Path, output_dir: str | Path) -> set[str]:
+    """Copy the tokenizer / config files (:data:`TOKENIZER_FILES`) present in ``source_dir`` to ``output_dir``."""
+    source_dir, output_dir = Path(source_dir), Path(output_dir)
+    copied = set()
+    for fname in TOKENIZER_FILES:
+        src = source_dir / fname
+        if src.is_file() and src.resolve() != (output_dir / fname).resolve():
+            shutil.copy2(src, output_dir / fname)
+            copied.add(fname)
+    return copied
 
 
 def find_expert_matmuls(ov_model: ov.Model) -> list[tuple[ov.Node, ov.Node]]:

@@ -16,6 +16,9 @@ import numpy as np
 _PASS_THROUGH = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Gather", "Unsqueeze", "Squeeze", "Add",
                  "Concat", "VariadicSplit", "Split", "Slice", "StridedSlice"}
 
+_SHAPE_PORTS = {"Reshape": (1,), "Transpose": (1,), "Gather": (2,), "Unsqueeze": (1,), "Squeeze": (1,),
+                "Slice": (1, 2, 3, 4), "StridedSlice": (1, 2, 3), "VariadicSplit": (1, 2), "Split": (1,)}
+
 
 @dataclass
 class WeightInfo:
@@ -57,19 +60,20 @@ def role_of(name: str, shape: tuple) -> str:
     return "other"
 
 
-def _weight_constants(node, seen: set, limit: int = 16) -> list:
+def _weight_constants(node, limit: int = 16) -> list:
     """Constants reachable upward from ``node`` through decompression ops (bounded depth)."""
     found = []
     stack = [(node, 0)]
     while stack:
         cur, depth = stack.pop()
-        key = cur.get_friendly_name() + str(id(cur))
         if cur.get_type_name() == "Constant":
             found.append(cur)
             continue
         if cur.get_type_name() not in _PASS_THROUGH or depth > limit:
             return []  # not a pure constant subgraph (depends on activations)
-        for inp in cur.inputs():
+        for port, inp in enumerate(cur.inputs()):
+            if port in _SHAPE_PORTS.get(cur.get_type_name(), ()):
+                continue  # shape / axis / permutation operands are not weight storage
             stack.append((inp.get_source_output().get_node(), depth + 1))
     return found
 
@@ -90,7 +94,7 @@ def collect_weights(model) -> list[WeightInfo]:
         else:
             continue
         src = op.input(port).get_source_output().get_node()
-        consts = _weight_constants(src, seen)
+        consts = _weight_constants(src)
         if not consts:
             continue
         main = _main_constant(consts)
