@@ -4,6 +4,7 @@
   nncf-moe3 compress SRC OUT_DIR ...    HF MoE checkpoint dir or IR .xml -> 3-bit IR (stock OpenVINO reads it)
   nncf-moe3 eval MODEL                  held-out ppl (+ KL to --reference) of an IR or HF checkpoint
   nncf-moe3 baselines                   reference model: fp16 + upstream NNCF INT4/INT3 table
+  nncf-moe3 results                     reference model: 3-bit PTQ results table + plot (SUMMARY.md)
   nncf-moe3 train-reference --out DIR   retrain the reference model (deterministic)
 """
 
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
 
     b = sub.add_parser("baselines", help="fp16 + upstream NNCF baselines of the reference model", add_help=False)
     b.set_defaults(fn=None)
+    r = sub.add_parser("results", help="PTQ results table + plot of the reference model", add_help=False)
+    r.set_defaults(fn=None)
     t = sub.add_parser("train-reference", help="retrain the reference model", add_help=False)
     t.set_defaults(fn=None)
 
@@ -151,6 +154,10 @@ def main(argv=None) -> int:
         from nncf_moe3.baselines import main as baselines_main
 
         return baselines_main(rest)
+    if args.cmd == "results":
+        from nncf_moe3.results import main as results_main
+
+        return results_main(rest)
     if args.cmd == "train-reference":
         from nncf_moe3.reference.train import main as train_main
 
