@@ -106,16 +106,19 @@ def assign_precisions(model, targets, recipe: Recipe, ignored_scope, is_ignored)
             out[t.name] = primary if recipe.all_layers else backup
         else:
             out[t.name] = primary
-    # group size must divide K for every 3-bit weight
+    return out
+
+
+def validate_group_sizes(targets, assign) -> None:
+    """Every 3-bit weight's group size must divide its K (clear error naming the weight otherwise)."""
     for t in targets:
-        a = out.get(t.name)
+        a = assign.get(t.name)
         if a is not None and a.fmt in ("int3_sym", "int3_asym", "nf3") and a.group_size != -1:
             k = t.nk_shape[-1]
             if k % a.group_size:
                 raise ValueError(
                     f"group_size={a.group_size} does not divide the reduction dimension K={k} of weight "
                     f"{t.name!r} {t.shape}; choose a group size that divides K or pass it in ignored_scope")
-    return out
 
 
 def _apply_ratio(targets, assign, recipe, stats):
@@ -172,6 +175,8 @@ def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_
     if not targets:
         raise ValueError("No compressible weights found (float Constants feeding MatMul / embedding Gather)")
     assign = assign_precisions(model, targets, recipe, ignored_scope, is_ignored or (lambda *a: False))
+    if recipe.avg_bits is None:
+        validate_group_sizes(targets, assign)
     need_stats = dataset is not None and (recipe.gptq or recipe.activation_weighted or recipe.avg_bits is not None
                                           or recipe.ratio < 1.0)
     stats = {}
@@ -183,6 +188,7 @@ def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_
             raise ValueError("avg_bits needs the mixed-precision module")
         mixed_precision.assign(targets, assign, recipe, stats)
     _apply_ratio(targets, assign, recipe, stats)
+    validate_group_sizes(targets, assign)
 
     report = {"recipe": {k: v for k, v in asdict(recipe).items() if k != "progress"}, "weights": [],
               "expert_matrices": 0, "expert_fallbacks": 0}

@@ -205,3 +205,22 @@ def test_layout_mismatch_is_refused(tiny_models):
     m.set_rt_info(other, ["nncf_moe3", "u3_layout"])
     with pytest.raises(RuntimeError, match="layout"):
         nncf_moe3.compress_weights(m, mode="nf3", group_size=32, progress=False)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_mixed_precision_budget(tiny_models, calibrated):
+    torch_model, fp_ir = tiny_models["qwen2_moe"]
+    m = fp_ir.clone()
+    ds = _dataset(torch_model.config.vocab_size) if calibrated else None
+    nncf_moe3.compress_weights(m, mode="nf3", group_size=32, avg_bits=3.45, dataset=ds, progress=False)
+    rep = nncf_moe3.get_report(m)
+    experts = [w for w in rep["weights"] if w["role"].startswith("expert")]
+    n = np.array([np.prod(w["shape"]) for w in experts])
+    bits = np.array([w["bits"] for w in experts])
+    assert (n * bits).sum() / n.sum() <= 3.45 + 1e-9
+    assert len({w["group_size"] for w in experts}) >= 2  # the budget is spent unevenly, by sensitivity
+    roles = {w["role"]: w["format"] for w in rep["weights"]}
+    assert roles["attention"] == "int8_asym" and roles["shared_expert"] == "int8_asym"
+    assert bits_summary(m)["experts"] <= 3.45 + 0.02
+    with pytest.raises(ValueError, match="below the cheapest"):
+        nncf_moe3.compress_weights(fp_ir.clone(), mode="nf3", avg_bits=3.0, progress=False)
