@@ -1,0 +1,24 @@
+"""OpenCL kernels for the native 3-bit ops (``MatMul3``, ``MoE3``) and an OpenVINO GPU custom-layer config.
+
+* :func:`kernel_dir` -- folder holding ``k3_common.cl``, ``matmul3.cl``, ``moe3.cl`` (see ``DESIGN.md``).
+* :func:`config_path` -- ``custom_layers.xml`` for ``core.set_property("GPU", {"CONFIG_FILE": config_path()})``.
+* :mod:`openvino_ext.gpu.harness` -- runs the same ``.cl`` files through pyopencl on any OpenCL device.
+
+Not yet run on an Intel GPU (or any GPU): validated on PoCL's CPU device only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def kernel_dir() -> str:
+    """Absolute path of the folder with the ``.cl`` kernel sources."""
+    return str(_HERE)
+
+
+def config_path() -> str:
+    """Absolute path of the OpenVINO GPU custom-layer XML (``MatMul3``, ``MoE3``)."""
+    return str(_HERE / "custom_layers.xml")
