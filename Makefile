@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/nncf-moe3 demo
 
 test: $(STAMP)
+	$(BIN)/python -m openvino_ext.build
 	$(BIN)/python -m pytest -q tests
 
 clean:

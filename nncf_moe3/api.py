@@ -10,6 +10,8 @@ Default recipe per mode (what ``compress_weights(model, mode=m, group_size=g, da
 * with a dataset: GPTQ with error feedback, per-expert Hessians from the tokens routed to each expert,
   activation-weighted scale search at each group start; experts that received fewer than
   ``min_expert_tokens`` calibration tokens use the Hessian pooled over the layer's experts;
+* in MoE models the dense, always-active weights (attention, shared experts) use ``dense_mode`` (INT4_ASYM
+  g128 by default: a few percent of the weights, read for every token, about half of the 3-bit error);
 * embeddings and ``lm_head`` (the last MatMul) and the MoE router use the backup mode (INT8_ASYM per
   channel) unless ``all_layers=True`` — the router is < 0.1 % of the weights and steers every token.
 """
@@ -103,6 +105,9 @@ def compress_weights(
     icq: str | None = None,
     double_quant: tuple[int, int] | None = None,
     min_expert_tokens: int | None = None,
+    act_order: bool | None = None,
+    sequential: bool | None = None,
+    dense_mode: str | None = None,
     avg_bits: float | None = None,
     progress: bool = True,
 ):
@@ -113,13 +118,18 @@ def compress_weights(
     :param double_quant: ``(sub_bits, super_groups)``: store group scales as ``sub_bits`` integers under one f16
         super-scale per ``super_groups`` groups (int3_asym, nf3).
     :param min_expert_tokens: experts with fewer routed calibration tokens use the layer's pooled Hessian.
+    :param act_order: GPTQ visits input channels in descending activation energy with static groups (default True).
+    :param sequential: with a dataset, quantize layer by layer, collecting each layer's statistics with the
+        earlier layers already quantized (one calibration pass per layer; default False).
+    :param dense_mode: MoE models only — precision of the dense, always-active weights (attention, shared
+        experts, dense MLPs): "int4_asym" (default; u4, group 128), "int8_asym", or "same" (the 3-bit mode).
     :param avg_bits: MoE mixed precision budget (bits per expert weight incl. scales); see
         :mod:`nncf_moe3.mixed_precision`.
     :param progress: show progress bars.
     """
     ours, upstream = _resolve_mode(mode)
     if upstream is not None:
-        extras = dict(scale_search=scale_search, icq=icq, double_quant=double_quant,
+        extras = dict(scale_search=scale_search, icq=icq, double_quant=double_quant, act_order=act_order, sequential=sequential, dense_mode=dense_mode,
                       min_expert_tokens=min_expert_tokens, avg_bits=avg_bits)
         given = [k for k, v in extras.items() if v is not None]
         if given:
@@ -168,6 +178,9 @@ def compress_weights(
         all_layers=bool(all_layers),
         backup=_backup_name(backup_mode),
         gptq=(dataset is not None) if gptq is None else bool(gptq),
+        act_order=True if act_order is None else bool(act_order),
+        sequential=False if sequential is None else bool(sequential),
+        dense_mode="int4_asym" if dense_mode is None else str(dense_mode),
         activation_weighted=(dataset is not None) if scale_estimation is None else bool(scale_estimation),
         scale_search=True if scale_search is None else bool(scale_search),
         icq=icq,

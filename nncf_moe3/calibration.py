@@ -40,7 +40,7 @@ def _iterate(dataset, subset_size):
 
 
 def collect_statistics(model, targets: list[WeightTarget], dataset, subset_size: int | None = 128,
-                       progress: bool = True) -> dict[str, WeightStats]:
+                       progress: bool = True, routing_weighted: bool = True) -> dict[str, WeightStats]:
     """Run ``dataset`` (an ``nncf.Dataset`` or iterable of model inputs) through ``model`` on CPU and return
     per-target Hessians. Targets of kind "embedding" are skipped (no activation input)."""
     import openvino as ov
@@ -81,10 +81,14 @@ def collect_statistics(model, targets: list[WeightTarget], dataset, subset_size:
                     xs = x.reshape(e, -1, k)
                 if t.routing is not None:
                     r = vals[wanted[(t.routing.get_node().get_friendly_name(), t.routing.get_index())]]
-                    mask = torch.from_numpy(np.ascontiguousarray(r).reshape(e, -1) != 0)
+                    rw = torch.from_numpy(np.ascontiguousarray(r, dtype=np.float64).reshape(e, -1))
+                    mask = rw != 0
                 else:
-                    mask = torch.ones(e, xs.shape[1], dtype=torch.bool)
-                xm = xs * mask[..., None]
+                    rw = torch.ones(e, xs.shape[1], dtype=torch.float64)
+                    mask = rw != 0
+                # The expert's output is scaled by the routing weight, so its output error is too:
+                # H_e = sum over routed tokens of r_t^2 x_t x_t^T (or plain routed-token Hessian).
+                xm = xs * (rw[..., None] if routing_weighted else mask[..., None])
                 h = xm.transpose(1, 2) @ xm
                 cnt = mask.sum(1).numpy()
             else:

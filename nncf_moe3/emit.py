@@ -45,7 +45,8 @@ def _finish(target: WeightTarget, x, name: str):
 
 
 def emit_3bit(target: WeightTarget, qw: QuantizedWeight, double_quant: tuple | None = None):
-    """Decompression subgraph output for a 3-bit weight (see module docstring)."""
+    """Decompression subgraph output for a 3-bit weight (see module docstring); also emits the 4-bit
+    ``int4_asym`` format (u4 codes and zero points, NNCF's INT4_ASYM shape) used for dense weights of MoE models."""
     name = target.name
     codes = qw.codes.numpy()
     scale = qw.scale.numpy()
@@ -59,7 +60,8 @@ def emit_3bit(target: WeightTarget, qw: QuantizedWeight, double_quant: tuple | N
                                   ops.constant(_f16(sup.numpy() if isinstance(sup, torch.Tensor) else sup), name=f"{name}/scale"))
     else:
         scale_node = ops.constant(_f16(scale), name=f"{name}/scale")
-    w = u3.constant(codes)
+    four = qw.fmt == "int4_asym"
+    w = ops.constant(codes.astype(np.uint8), dtype=ov.Type.u4, name=name) if four else u3.constant(codes)
     w.set_friendly_name(name)
     zp = qw.zero_point.numpy() if qw.zero_point is not None else None
     if double_quant is not None and zp is not None:
@@ -75,7 +77,8 @@ def emit_3bit(target: WeightTarget, qw: QuantizedWeight, double_quant: tuple | N
         if qw.fmt == "int3_sym":
             z = ops.convert(ops.constant(np.int8(4), dtype=ov.Type.i8, name=f"{name}/zero_point"), ov.Type.f16)
         else:
-            zc = u3.constant(np.asarray(zp, dtype=np.uint8))
+            zc = (ops.constant(np.asarray(zp, dtype=np.uint8), dtype=ov.Type.u4) if four
+                  else u3.constant(np.asarray(zp, dtype=np.uint8)))
             zc.set_friendly_name(f"{name}/zero_point")
             z = ops.convert(zc, ov.Type.f16)
         x = ops.subtract(x, z)

@@ -28,6 +28,9 @@ class Recipe:
     all_layers: bool = False
     backup: str = "int8_asym"
     gptq: bool = False
+    act_order: bool = True
+    sequential: bool = False
+    dense_mode: str = "int4_asym"  # dense (always-active) weights of MoE models: int4_asym | int8_asym | same
     activation_weighted: bool = False
     scale_search: bool = True
     icq: str | None = None
@@ -91,9 +94,31 @@ def _is_router(t: WeightTarget, targets: list[WeightTarget]) -> bool:
     return False
 
 
+DENSE_GROUP_CHOICES = (128, 64, 32)
+
+
+def _dense_assignment(t: WeightTarget, recipe: Recipe, primary: "Assignment", backup: "Assignment") -> "Assignment":
+    if recipe.dense_mode == "same":
+        return primary
+    if recipe.dense_mode == "int8_asym":
+        return Assignment("int8_asym")
+    if recipe.dense_mode != "int4_asym":
+        raise ValueError(f"dense_mode must be 'int4_asym', 'int8_asym' or 'same', got {recipe.dense_mode!r}")
+    k = t.nk_shape[-1]
+    for g in DENSE_GROUP_CHOICES:
+        if k % g == 0:
+            return Assignment("int4_asym", g)
+    return backup
+
+
 def assign_precisions(model, targets, recipe: Recipe, ignored_scope, is_ignored) -> dict[str, Assignment]:
+    """Precision per weight by role. Routed experts (3-D weights) get the 3-bit mode. In a MoE model the dense,
+    always-active weights (attention, shared experts, dense MLPs) get ``recipe.dense_mode`` — they are a few
+    percent of the weights but are read for every token and cause about half the 3-bit error; embeddings,
+    lm_head and the router get the backup mode. ``all_layers=True`` puts everything in the 3-bit mode."""
     primary = Assignment(recipe.mode, recipe.group_size, recipe.double_quant, recipe.icq)
     backup = Assignment(recipe.backup if recipe.backup != "none" else "none")
+    is_moe = any(t.is_expert for t in targets)
     out = {}
     for t in targets:
         if is_ignored(t.name, t.op.get_friendly_name(), ignored_scope):
@@ -104,8 +129,10 @@ def assign_precisions(model, targets, recipe: Recipe, ignored_scope, is_ignored)
         elif _is_router(t, targets):
             t.role = "router"
             out[t.name] = primary if recipe.all_layers else backup
-        else:
+        elif t.is_expert or recipe.all_layers or not is_moe:
             out[t.name] = primary
+        else:
+            out[t.name] = _dense_assignment(t, recipe, primary, backup)
     return out
 
 
@@ -113,7 +140,7 @@ def validate_group_sizes(targets, assign) -> None:
     """Every 3-bit weight's group size must divide its K (clear error naming the weight otherwise)."""
     for t in targets:
         a = assign.get(t.name)
-        if a is not None and a.fmt in ("int3_sym", "int3_asym", "nf3") and a.group_size != -1:
+        if a is not None and a.fmt in ("int3_sym", "int3_asym", "nf3", "int4_asym") and a.group_size != -1:
             k = t.nk_shape[-1]
             if k % a.group_size:
                 raise ValueError(
@@ -165,6 +192,59 @@ def _hessian_for(t: WeightTarget, stats, recipe: Recipe, report: dict):
     return H, tokens
 
 
+def _stages(todo: list[WeightTarget]) -> list[list[WeightTarget]]:
+    """Targets grouped by transformer layer (``layers.<i>.`` in the name), in order; others form a last stage."""
+    import re
+
+    by_layer: dict[int, list] = {}
+    rest = []
+    for t in todo:
+        m = re.search(r"layers\.(\d+)\.", t.name)
+        (by_layer.setdefault(int(m.group(1)), []) if m else rest).append(t)
+    out = [by_layer[k] for k in sorted(by_layer)]
+    return out + ([rest] if rest else [])
+
+
+def _compress_one(t: WeightTarget, a: Assignment, stats, recipe: Recipe, report: dict) -> None:
+    """Quantize one weight with its assignment, emit its decompression subgraph, record it in the report."""
+    entry = {"name": t.name, "shape": list(t.shape), "role": t.role, "format": a.fmt}
+    report["weights"].append(entry)
+    if a.fmt == "none":
+        return
+    w = emit.read_weight(t)
+    if a.fmt == "int8_asym":
+        new, _ = emit.emit_int8_asym(t, w)
+        emit.replace_weight(t, new)
+        return
+    w3 = w if w.ndim == 3 else w[None]
+    H, tokens = _hessian_for(t, stats, recipe, report)
+    if recipe.gptq and H is not None:
+        qw = gptq(a.fmt, w3, H, a.group_size, search=recipe.scale_search, icq=a.icq, act_order=recipe.act_order)
+        entry["algorithm"] = "gptq"
+    else:
+        imp = None
+        if recipe.activation_weighted and H is not None:
+            d = torch.diagonal(H, dim1=-2, dim2=-1).to(torch.float32)
+            imp = d / d.mean(-1, keepdim=True).clamp_min(1e-12)
+            imp = torch.where(imp > 0, imp, torch.full_like(imp, 1e-3))
+        qw = quantize_rtn(a.fmt, w3, a.group_size, importance=imp, search=recipe.scale_search, icq=a.icq)
+        entry["algorithm"] = "rtn+search" if recipe.scale_search else "rtn"
+    dq = None
+    if a.double_quant is not None:
+        qw, sub, sup = double_quantize_scales(qw, w3, a.double_quant[0], a.double_quant[1])
+        dq = (sub, sup)
+    if w.ndim == 2:
+        qw.codes, qw.scale = qw.codes[0], qw.scale[0]
+        if qw.zero_point is not None:
+            qw.zero_point = qw.zero_point[0]
+        if dq is not None:
+            dq = (dq[0][0], dq[1][0])
+    emit.replace_weight(t, emit.emit_3bit(t, qw, dq))
+    entry.update(group_size=a.group_size, bits=round(a.bits, 4))
+    if tokens is not None and t.is_expert:
+        entry["tokens_per_expert"] = [int(x) for x in tokens]
+
+
 def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_ignored=None, mixed_precision=None):
     from tqdm import tqdm
 
@@ -190,53 +270,26 @@ def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_
     _apply_ratio(targets, assign, recipe, stats)
     validate_group_sizes(targets, assign)
 
-    report = {"recipe": {k: v for k, v in asdict(recipe).items() if k != "progress"}, "weights": [],
-              "expert_matrices": 0, "expert_fallbacks": 0}
+    # Check every weight before touching the model: bad input leaves it unchanged.
     todo = [t for t in targets if t.name in assign]
-    for t in tqdm(todo, desc=f"compress {recipe.mode}", disable=not recipe.progress, mininterval=2):
-        a = assign[t.name]
-        entry = {"name": t.name, "shape": list(t.shape), "role": t.role, "format": a.fmt}
-        if a.fmt == "none":
-            report["weights"].append(entry)
-            continue
-        w = emit.read_weight(t)
-        if not torch.isfinite(w).all():
+    for t in todo:
+        if assign[t.name].fmt != "none" and not torch.isfinite(emit.read_weight(t)).all():
             raise ValueError(f"Weight {t.name!r} contains NaN/Inf values; refusing to compress it "
                              "(the model is left unchanged)")
-        if a.fmt == "int8_asym":
-            new, _ = emit.emit_int8_asym(t, w)
-            emit.replace_weight(t, new)
-            report["weights"].append(entry)
-            continue
-        w3 = w if w.ndim == 3 else w[None]
-        H, tokens = _hessian_for(t, stats, recipe, report)
-        if recipe.gptq and H is not None:
-            qw = gptq(a.fmt, w3, H, a.group_size, search=recipe.scale_search, icq=a.icq)
-            entry["algorithm"] = "gptq"
-        else:
-            imp = None
-            if recipe.activation_weighted and H is not None:
-                d = torch.diagonal(H, dim1=-2, dim2=-1).to(torch.float32)
-                imp = d / d.mean(-1, keepdim=True).clamp_min(1e-12)
-                imp = torch.where(imp > 0, imp, torch.full_like(imp, 1e-3))
-            qw = quantize_rtn(a.fmt, w3, a.group_size, importance=imp, search=recipe.scale_search, icq=a.icq)
-            entry["algorithm"] = "rtn+search" if recipe.scale_search else "rtn"
-        dq = None
-        if a.double_quant is not None:
-            qw, sub, sup = double_quantize_scales(qw, w3, a.double_quant[0], a.double_quant[1])
-            dq = (sub, sup)
-        if w.ndim == 2:
-            qw.codes, qw.scale = qw.codes[0], qw.scale[0]
-            if qw.zero_point is not None:
-                qw.zero_point = qw.zero_point[0]
-            if dq is not None:
-                dq = (dq[0][0], dq[1][0])
-        new = emit.emit_3bit(t, qw, dq)
-        emit.replace_weight(t, new)
-        entry.update(group_size=a.group_size, bits=round(a.bits, 4))
-        if tokens is not None and t.is_expert:
-            entry["tokens_per_expert"] = [int(x) for x in tokens]
-        report["weights"].append(entry)
+
+    report = {"recipe": {k: v for k, v in asdict(recipe).items() if k != "progress"}, "weights": [],
+              "expert_matrices": 0, "expert_fallbacks": 0}
+    stages = _stages(todo) if (recipe.sequential and need_stats) else [todo]
+    bar = tqdm(total=len(todo), desc=f"compress {recipe.mode}", disable=not recipe.progress, mininterval=2)
+    for i, stage in enumerate(stages):
+        if i > 0:  # sequential: statistics of this stage's inputs with earlier stages already quantized
+            stat_targets = [t for t in stage if t.kind == "matmul" and assign[t.name].fmt not in ("int8_asym", "none")]
+            if stat_targets:
+                stats.update(collect_statistics(model, stat_targets, dataset, recipe.subset_size, progress=False))
+        for t in stage:
+            _compress_one(t, assign[t.name], stats, recipe, report)
+            bar.update(1)
+    bar.close()
     emit.stamp_layout(model)
     model.validate_nodes_and_infer_types()
     logger.info("nncf-moe3: %d weights compressed; %d of %d expert matrices used pooled statistics",

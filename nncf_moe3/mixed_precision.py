@@ -2,8 +2,8 @@
 
 ``compress_weights(..., avg_bits=3.25)``:
 
-* non-expert roles (attention, shared expert) go to the backup mode (INT8_ASYM); router, embeddings and
-  lm_head are already there — in real MoE models they are a few percent of the weights;
+* non-expert roles keep their role assignment (dense weights: ``dense_mode``, router / embeddings / lm_head:
+  the backup mode) — in real MoE models they are a few percent of the weights;
 * every routed-expert tensor (gate, up, down of every layer) gets a group size from ``GROUP_CHOICES`` in the
   primary 3-bit mode so that the element-weighted mean bits per expert weight (scales and zero points
   included) is <= ``avg_bits``;
@@ -46,16 +46,7 @@ def assign(targets, assignment, recipe, stats) -> None:
     from nncf_moe3.engine import Assignment
 
     budget = float(recipe.avg_bits)
-    backup = Assignment(recipe.backup if recipe.backup != "none" else "none")
-    experts = []
-    for t in targets:
-        a = assignment.get(t.name)
-        if a is None:
-            continue
-        if t.is_expert:
-            experts.append(t)
-        elif a.fmt == recipe.mode:  # attention / shared expert / other 2-D weights
-            assignment[t.name] = backup
+    experts = [t for t in targets if t.is_expert and assignment.get(t.name) is not None]
     if not experts:
         raise ValueError("avg_bits applies to routed-expert (3-D) weights, and the model has none")
     options = {}

@@ -25,6 +25,10 @@ import numpy as np
 import torch
 
 FORMATS = ("int3_sym", "int3_asym", "nf3")
+#: Formats the engine can assign to a weight: the 3-bit modes plus a 4-bit asymmetric one for dense
+#: (always-active) weights of MoE models.
+ALL_FORMATS = FORMATS + ("int4_asym",)
+_ASYM_QMAX = {"int3_asym": 7, "int4_asym": 15}
 
 
 def _lloyd_max_gaussian(levels: int = 8, iters: int = 200) -> np.ndarray:
@@ -70,9 +74,11 @@ def format_spec(fmt: str) -> FormatSpec:
         return FormatSpec(fmt, np.arange(-4, 4, dtype=np.float32), False)
     if fmt == "int3_asym":
         return FormatSpec(fmt, np.arange(0, 8, dtype=np.float32), True)
+    if fmt == "int4_asym":
+        return FormatSpec(fmt, np.arange(0, 16, dtype=np.float32), True)
     if fmt == "nf3":
         return FormatSpec(fmt, NF3_CODEBOOK.copy(), False)
-    raise ValueError(f"Unknown 3-bit format {fmt!r}; expected one of {FORMATS}")
+    raise ValueError(f"Unknown 3-bit format {fmt!r}; expected one of {FORMATS} (or 'int4_asym' for dense weights)")
 
 
 @dataclass
@@ -122,8 +128,8 @@ def encode(fmt: str, w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
         x = x + zero_point
     if fmt == "int3_sym":
         return (torch.round(x).clamp_(-4, 3) + 4).to(torch.uint8)
-    if fmt == "int3_asym":
-        return torch.round(x).clamp_(0, 7).to(torch.uint8)
+    if fmt in _ASYM_QMAX:
+        return torch.round(x).clamp_(0, _ASYM_QMAX[fmt]).to(torch.uint8)
     lv = _levels(fmt, w.device)
     mids = (lv[1:] + lv[:-1]) / 2
     code = torch.zeros_like(x, dtype=torch.uint8)
@@ -135,7 +141,7 @@ def encode(fmt: str, w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
 def dequantize(fmt: str, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
     if fmt == "int3_sym":
         lv = codes.to(torch.float32) - 4
-    elif fmt == "int3_asym":
+    elif fmt in _ASYM_QMAX:
         lv = codes.to(torch.float32)
     else:
         lv = torch.take(_levels(fmt, codes.device), codes.long())
@@ -218,23 +224,23 @@ def absmax_symmetric(fmt: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def search_asymmetric(w: torch.Tensor, imp: torch.Tensor | None = None, grid=CLIP_GRID,
-                      refine: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      refine: int = 3, fmt: str = "int3_asym") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-group (scale, integer zero point) for int3_asym minimising the weighted squared error.
 
     A 2-D grid shrinks the [min, max] range from either side; then ``refine`` alternating rounds:
     codes fixed -> least-squares (scale, offset) -> integer zero point -> least-squares scale.
     Returns (codes, scale, zero_point).
     """
-    fmt = "int3_asym"
-    wmin = w.amin(-1, keepdim=True).clamp_max(0) if False else w.amin(-1, keepdim=True)
+    qmax = _ASYM_QMAX[fmt]
+    wmin = w.amin(-1, keepdim=True)
     wmax = w.amax(-1, keepdim=True)
     best = None
     shrink = [g for g in grid if g >= 0.7]
     for a in shrink:
         for b in shrink:
             lo, hi = wmin * a, wmax * b
-            s = f16_round(((hi - lo) / 7).clamp_min(1e-8))
-            z = torch.round(-lo / s).clamp(0, 7)
+            s = f16_round(((hi - lo) / qmax).clamp_min(1e-8))
+            z = torch.round(-lo / s).clamp(0, qmax)
             q = encode(fmt, w, s, z)
             err = _werr(w, dequantize(fmt, q, s, z), imp)
             if best is None:
@@ -257,7 +263,7 @@ def search_asymmetric(w: torch.Tensor, imp: torch.Tensor | None = None, grid=CLI
         s_ls = torch.where(ok, (sw * sqx - sq * sx) / torch.where(ok, det, torch.ones_like(det)), s)
         s_ls = torch.where(s_ls.abs() < 1e-8, s, s_ls)
         m_ls = torch.where(ok, (sx - s_ls * sq) / sw.clamp_min(1e-30), -s * z)
-        z_new = torch.round(-m_ls / s_ls).clamp(0, 7)
+        z_new = torch.round(-m_ls / s_ls).clamp(0, qmax)
         qz = q - z_new
         s_new = _finalize_scale(_ls_scale(w, qz, imp), w)
         s_new = torch.where(s_new > 0, s_new, s)
@@ -270,9 +276,9 @@ def search_asymmetric(w: torch.Tensor, imp: torch.Tensor | None = None, grid=CLI
     return encode(fmt, w, s, z), s, z
 
 
-def minmax_asymmetric(w: torch.Tensor):
+def minmax_asymmetric(w: torch.Tensor, fmt: str = "int3_asym"):
     """Plain RTN with min/max range (NNCF's asymmetric rule)."""
-    return search_asymmetric(w, None, grid=(1.0,), refine=0)
+    return search_asymmetric(w, None, grid=(1.0,), refine=0, fmt=fmt)
 
 
 def icq_offset(w: torch.Tensor, imp: torch.Tensor | None = None, criterion: str = "entropy", n: int = 25,
@@ -314,8 +320,8 @@ def icq_offset(w: torch.Tensor, imp: torch.Tensor | None = None, criterion: str 
 def fit_group(fmt: str, w: torch.Tensor, imp: torch.Tensor | None = None, search: bool = True,
               icq: str | None = None):
     """Choose codes / scale / zero point of grouped weights ``w[..., gs]``. Returns (codes, scale, zero_point|None)."""
-    if fmt == "int3_asym":
-        return search_asymmetric(w, imp) if search else minmax_asymmetric(w)
+    if fmt in _ASYM_QMAX:
+        return search_asymmetric(w, imp, fmt=fmt) if search else minmax_asymmetric(w, fmt)
     if fmt == "nf3" and icq:
         return icq_offset(w, imp, criterion=icq)
     q, s = search_symmetric(fmt, w, imp) if search else absmax_symmetric(fmt, w)
@@ -357,8 +363,100 @@ def quantize_rtn(fmt: str, w: torch.Tensor, group_size: int, importance: torch.T
 # ---------------------------------------------------------------------------------------------------------------
 # GPTQ (batched over experts), with per-group parameter search at group start
 # ---------------------------------------------------------------------------------------------------------------
+def refit_scales(qw: QuantizedWeight, w: torch.Tensor, H: torch.Tensor, chunk: int = 256) -> QuantizedWeight:
+    """Codes and zero points fixed, re-solve every row's group scales for the output error
+    ``(w - w_hat)^T H (w - w_hat)`` (a G x G linear system per row; cross-group terms included). A row keeps its
+    old scales unless the new (f16-rounded) ones lower its error."""
+    B, N, G, gs = qw.codes.shape
+    K = G * gs
+    Hd = H.to(torch.float64)
+    lv = dequantize(qw.fmt, qw.codes, torch.ones_like(qw.scale), qw.zero_point).to(torch.float64)  # [B,N,G,gs]
+    Hg = Hd.reshape(B, G, gs, K)
+    W = w.to(torch.float64)
+    new_scale = qw.scale.clone()
+    for r0 in range(0, N, chunk):
+        a = lv[:, r0 : r0 + chunk]  # [B,n,G,gs]
+        wr = W[:, r0 : r0 + chunk]  # [B,n,K]
+        U = torch.einsum("bngi,bgij->bngj", a, Hg)  # [B,n,G,K]
+        M = torch.einsum("bnghj,bnhj->bngh", U.reshape(*U.shape[:3], G, gs), a)
+        rhs = torch.einsum("bngj,bnj->bng", U, wr)
+        M = M + 1e-9 * torch.diagonal(M, dim1=-2, dim2=-1).mean(-1, keepdim=True)[..., None] * torch.eye(G, dtype=M.dtype)
+        s_new = torch.linalg.solve(M, rhs.unsqueeze(-1))  # [B,n,G,1]
+        s_new = f16_round(s_new.to(torch.float32))
+        old = qw.scale[:, r0 : r0 + chunk]
+
+        def err(scale):
+            e = wr - (a * scale.to(torch.float64)).reshape(wr.shape)
+            return torch.einsum("bnk,bkj,bnj->bn", e, Hd, e)
+
+        ok = torch.isfinite(s_new).all(-1).all(-1) & (s_new != 0).all(-1).all(-1)
+        s_new = torch.where(ok[..., None, None], s_new, old)
+        better = err(s_new) < err(old)
+        new_scale[:, r0 : r0 + chunk] = torch.where(better[..., None, None], s_new, old)
+    return QuantizedWeight(qw.fmt, qw.codes, new_scale, qw.zero_point, qw.group_size)
+
+
+def U_from(H: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 (GPTQ's error-propagation matrix)."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+
+def _gptq_act_order(fmt, W, H, U_unused, gs, search, icq, imp_all, block, refit, w_orig, rounds: int = 2):
+    """GPTQ over columns in descending Hessian-diagonal order with static groups: every group's parameters are
+    fitted up front on the original weights (activation-weighted), then codes are chosen column by column in
+    the permuted order with error feedback."""
+    B, N, K = W.shape
+    G = K // gs
+    wg = W.to(torch.float32).reshape(B, N, G, gs)
+    _, scale, zp = fit_group(fmt, wg, imp_all.reshape(B, 1, G, gs), search, icq)
+    perm = torch.argsort(torch.diagonal(H, dim1=-2, dim2=-1), dim=-1, descending=True)  # [B, K]
+    bidx = torch.arange(B)[:, None]
+    Wp = torch.gather(W, 2, perm[:, None, :].expand(B, N, K)).clone()
+    Hp = H[bidx[:, :, None], perm[:, :, None], perm[:, None, :]]
+    U = U_from(Hp)
+    W0 = Wp.clone()
+    inv = torch.argsort(perm, dim=-1)
+    qw, best, best_err = None, None, None
+    Hd = H.to(torch.float64)
+
+    def out_err(q):
+        e = w_orig.to(torch.float64) - q.dequantize().to(torch.float64)
+        return float(torch.einsum("bnk,bkj,bnj->", e, Hd, e))
+
+    for _ in range(max(1, rounds)):
+        Wp = W0.clone()
+        codes = torch.zeros(B, N, K, dtype=torch.uint8)
+        for b0 in range(0, K, block):
+            b1 = min(b0 + block, K)
+            Err = torch.zeros(B, N, b1 - b0, dtype=torch.float64)
+            for j in range(b0, b1):
+                g = (perm[:, j] // gs)[:, None, None, None].expand(B, N, 1, 1)  # original group of this column
+                s = torch.gather(scale, 2, g)[..., 0]  # [B, N, 1]
+                z = None if zp is None else torch.gather(zp, 2, g)[..., 0]
+                col = Wp[:, :, j : j + 1].to(torch.float32)
+                qc = encode(fmt, col, s, z)
+                codes[:, :, j] = qc[..., 0]
+                deq = dequantize(fmt, qc, s, z).to(torch.float64)
+                e = (col.to(torch.float64) - deq) / U[:, j, j][:, None, None]
+                Wp[:, :, j:b1] -= e * U[:, j : j + 1, j:b1]
+                Err[:, :, j - b0] = e[..., 0]
+            if b1 < K:
+                Wp[:, :, b1:] -= Err @ U[:, b0:b1, b1:]
+        codes_o = torch.gather(codes, 2, inv[:, None, :].expand(B, N, K)).reshape(B, N, G, gs)
+        qw = QuantizedWeight(fmt, codes_o, scale, zp, gs)
+        if not refit:
+            break
+        qw = refit_scales(qw, w_orig.detach().float(), H)
+        err = out_err(qw)
+        if best_err is None or err < best_err:
+            best, best_err = qw, err
+        scale = qw.scale  # the next round re-chooses codes for the refitted scales
+    return best if best is not None else qw
+
+
 def gptq(fmt: str, w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp: float = 0.01,
-         block: int = 128, search: bool = True, icq: str | None = None) -> QuantizedWeight:
+         block: int = 128, search: bool = True, icq: str | None = None, refit: bool = True,
+         act_order: bool = False) -> QuantizedWeight:
     """GPTQ with error feedback. ``w[B, N, K]`` (B = experts, 1 for a 2-D weight), ``hessian[B, K, K]`` = sum of x x^T.
 
     Group parameters are fitted when the group is reached (from the error-updated weights), weighting the
@@ -378,15 +476,14 @@ def gptq(fmt: str, w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
     mean_diag = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1)
     H[:, idx, idx] += damp * mean_diag[:, None]
     imp_all = torch.diagonal(H, dim1=-2, dim2=-1).to(torch.float32)  # [B, K]
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    U = torch.linalg.cholesky(Hinv, upper=True)  # [B, K, K]
+    U = U_from(H)  # [B, K, K]
 
     G = K // gs
+    if act_order:
+        return _gptq_act_order(fmt, W, H, U_from(H), gs, search, icq, imp_all, block, refit, w)
     codes = torch.zeros(B, N, G, gs, dtype=torch.uint8)
     scale = torch.zeros(B, N, G, 1)
     zp = None
-    Q = torch.zeros_like(W)
     params = {}
     for b0 in range(0, K, block):
         b1 = min(b0 + block, K)
@@ -408,14 +505,16 @@ def gptq(fmt: str, w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
             qc = encode(fmt, col, s, z)
             codes[:, :, g, jj] = qc[..., 0]
             deq = dequantize(fmt, qc, s, z).to(torch.float64)
-            Q[:, :, j : j + 1] = deq
             d = U[:, j, j][:, None, None]
             e = (col.to(torch.float64) - deq) / d  # [B, N, 1]
             W[:, :, j:b1] -= e * U[:, j : j + 1, j:b1]
             Err[:, :, j - b0] = e[..., 0]
         if b1 < K:
             W[:, :, b1:] -= Err @ U[:, b0:b1, b1:]
-    return QuantizedWeight(fmt, codes, scale, zp, gs)
+    qw = QuantizedWeight(fmt, codes, scale, zp, gs)
+    if refit and G > 0:
+        qw = refit_scales(qw, w.detach().float(), H)
+    return qw
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -467,6 +566,8 @@ def bits_per_weight(fmt: str, group_size: int, icq: bool = False, double_quant: 
     extra = scale_bits
     if fmt == "int3_asym":
         extra += 3
+    if fmt == "int4_asym":
+        return 4.0 + (scale_bits + 4) / group_size
     if fmt == "nf3" and icq:
         extra += 16
     return 3.0 + extra / group_size

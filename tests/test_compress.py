@@ -220,7 +220,7 @@ def test_mixed_precision_budget(tiny_models, calibrated):
     assert (n * bits).sum() / n.sum() <= 3.45 + 1e-9
     assert len({w["group_size"] for w in experts}) >= 2  # the budget is spent unevenly, by sensitivity
     roles = {w["role"]: w["format"] for w in rep["weights"]}
-    assert roles["attention"] == "int8_asym" and roles["shared_expert"] == "int8_asym"
+    assert roles["attention"] == "int4_asym" and roles["shared_expert"] == "int4_asym"
     assert bits_summary(m)["experts"] <= 3.45 + 0.02
     with pytest.raises(ValueError, match="below the cheapest"):
         nncf_moe3.compress_weights(fp_ir.clone(), mode="nf3", avg_bits=3.0, progress=False)

@@ -46,10 +46,12 @@ def test_int3_sym_rtn_equals_nncf():
 
     w = np.random.default_rng(3).standard_normal((32, 256)).astype(np.float32)
     cfg = WeightCompressionConfig(mode=CompressWeightsMode.INT3_SYM, group_size=64)
-    q_nncf, scale_nncf, _ = do_integer_quantization(Tensor(w.reshape(32, 4, 64)), cfg, reduction_axes=(2,))
+    cw = do_integer_quantization(Tensor(w.reshape(32, 4, 64)), cfg, reduction_axes=(2,))
+    q_nncf, scale_nncf = cw.tensor, cw.scale
     qw = Q.quantize_rtn("int3_sym", torch.from_numpy(w), 64, search=False)
-    np.testing.assert_allclose(qw.scale.numpy(), scale_nncf.data.astype(np.float16).astype(np.float32), rtol=1e-3)
-    codes_nncf = q_nncf.data.astype(np.int16) + 4
+    np.testing.assert_allclose(qw.scale.numpy().ravel(), scale_nncf.data.astype(np.float16).astype(np.float32).ravel(),
+                               rtol=1e-3)
+    codes_nncf = q_nncf.data.astype(np.int16).reshape(qw.codes.shape) + 4
     assert np.mean(qw.codes.numpy() == codes_nncf) > 0.999
 
 

@@ -1,0 +1,192 @@
+// AVX2 + FMA + F16C kernels (fallback for CPUs without AVX-512). Same structure as k3_avx512.cpp, 8 lanes.
+// Unpack of 8 codes (chunk c of a 32-block), lane i = code 8c+i:
+//   q = (srlv(bcast32(lo dword c/2), 2i + 16(c&1)) & 3) | ((srlv(bcast32(hi), 8c+i) & 1) << 2)
+//   value = vpermps(table[0..7], q)   (reads index bits 0..2)
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "k3_kernels.hpp"
+
+namespace nncf_moe3 {
+namespace k3 {
+namespace {
+
+struct Unpacker {
+    __m256i sh_lo0, sh_lo1, sh_hi[4], three, one;
+    __m256 tab;
+    explicit Unpacker(const Table& T) {
+        alignas(32) int a[8], b[8], h[4][8];
+        for (int i = 0; i < 8; ++i) {
+            a[i] = 2 * i;
+            b[i] = 2 * i + 16;
+            for (int c = 0; c < 4; ++c) h[c][i] = 8 * c + i;
+        }
+        sh_lo0 = _mm256_load_si256((const __m256i*)a);
+        sh_lo1 = _mm256_load_si256((const __m256i*)b);
+        for (int c = 0; c < 4; ++c) sh_hi[c] = _mm256_load_si256((const __m256i*)h[c]);
+        three = _mm256_set1_epi32(3);
+        one = _mm256_set1_epi32(1);
+        tab = _mm256_loadu_ps(T.t);
+    }
+    inline void values(const uint8_t* p, __m256 v[4]) const {
+        int32_t l0, l1, hh;
+        std::memcpy(&l0, p, 4);
+        std::memcpy(&l1, p + 4, 4);
+        std::memcpy(&hh, p + 8, 4);
+        const __m256i L0 = _mm256_set1_epi32(l0), L1 = _mm256_set1_epi32(l1), H = _mm256_set1_epi32(hh);
+        const __m256i lo[4] = {_mm256_srlv_epi32(L0, sh_lo0), _mm256_srlv_epi32(L0, sh_lo1),
+                               _mm256_srlv_epi32(L1, sh_lo0), _mm256_srlv_epi32(L1, sh_lo1)};
+        for (int c = 0; c < 4; ++c) {
+            __m256i hb = _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(H, sh_hi[c]), one), 2);
+            __m256i q = _mm256_or_si256(_mm256_and_si256(lo[c], three), hb);
+            v[c] = _mm256_permutevar8x32_ps(tab, q);
+        }
+    }
+};
+
+inline float scale_at(const Weight& W, int64_t i) { return W.sf ? W.sf[i] : _cvtsh_ss(W.s[i]); }
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <int M, int R>
+inline void gemv_rows(const Weight& W, const Unpacker& U, const float* x, int64_t ldx, const float* xs, int64_t n,
+                      float* y, int64_t ldy) {
+    __m256 tot[M][R];
+    float corr[M][R];
+    for (int m = 0; m < M; ++m)
+        for (int r = 0; r < R; ++r) {
+            tot[m][r] = _mm256_setzero_ps();
+            corr[m][r] = 0.f;
+        }
+    const int64_t rb = W.Kb * BLOCK_BYTES, pf = ((3072 + rb - 1) / rb > 4 ? (3072 + rb - 1) / rb : 4) * rb;
+    for (int64_t g = 0; g < W.G; ++g) {
+        __m256 acc[M][R];
+        for (int m = 0; m < M; ++m)
+            for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+        const int64_t b0 = g * W.bpg;
+        const int64_t b1 = b0 + W.bpg < W.Kb ? b0 + W.bpg : W.Kb;
+        for (int64_t b = b0; b < b1; ++b) {
+            for (int r = 0; r < R; ++r) {
+                __m256 v[4];
+                const uint8_t* p = W.w + ((n + r) * W.Kb + b) * BLOCK_BYTES;
+                _mm_prefetch((const char*)(p + pf), _MM_HINT_T0);  // next row group
+                U.values(p, v);
+                for (int m = 0; m < M; ++m) {
+                    const float* xp = x + m * ldx + b * BLOCK;
+                    for (int c = 0; c < 4; ++c) acc[m][r] = _mm256_fmadd_ps(v[c], _mm256_loadu_ps(xp + 8 * c), acc[m][r]);
+                }
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const float s = scale_at(W, (n + r) * W.G + g);
+            const __m256 sv = _mm256_set1_ps(s);
+            for (int m = 0; m < M; ++m) tot[m][r] = _mm256_fmadd_ps(acc[m][r], sv, tot[m][r]);
+            if (W.z) {
+                const float sz = s * (float)W.z[(n + r) * W.G + g];
+                for (int m = 0; m < M; ++m) corr[m][r] += sz * xs[m * W.G + g];
+            }
+        }
+    }
+    for (int m = 0; m < M; ++m)
+        for (int r = 0; r < R; ++r) y[m * ldy + r] = hsum(tot[m][r]) - corr[m][r];
+}
+
+template <int M>
+void gemv_m(const Weight& W, const Unpacker& U, const float* x, int64_t ldx, const float* xs, int64_t n0,
+            int64_t n1, float* y, int64_t ldy) {
+    constexpr int R = M <= 2 ? 4 : 2;
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) gemv_rows<M, R>(W, U, x, ldx, xs, n, y + (n - n0), ldy);
+    for (; n < n1; ++n) gemv_rows<M, 1>(W, U, x, ldx, xs, n, y + (n - n0), ldy);
+}
+
+void gemv(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, const float* xs, int64_t n0,
+          int64_t n1, float* y, int64_t ldy) {
+    const Unpacker U(T);
+    switch (M) {
+    case 1: gemv_m<1>(W, U, x, ldx, xs, n0, n1, y, ldy); break;
+    case 2: gemv_m<2>(W, U, x, ldx, xs, n0, n1, y, ldy); break;
+    case 3: gemv_m<3>(W, U, x, ldx, xs, n0, n1, y, ldy); break;
+    default: gemv_m<4>(W, U, x, ldx, xs, n0, n1, y, ldy); break;
+    }
+}
+
+void dequant(const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf) {
+    const Unpacker U(T);
+    const int64_t kp = W.Kb * BLOCK;
+    for (int64_t n = n0; n < n1; ++n) {
+        float* out = buf + (n - n0) * kp;
+        for (int64_t g = 0; g < W.G; ++g) {
+            const float s = scale_at(W, n * W.G + g);
+            const float z = W.z ? (float)W.z[n * W.G + g] : 0.f;
+            const __m256 sv = _mm256_set1_ps(s), off = _mm256_set1_ps(-s * z);
+            const int64_t b0 = g * W.bpg;
+            const int64_t b1 = b0 + W.bpg < W.Kb ? b0 + W.bpg : W.Kb;
+            for (int64_t b = b0; b < b1; ++b) {
+                __m256 v[4];
+                U.values(W.w + (n * W.Kb + b) * BLOCK_BYTES, v);
+                for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + b * BLOCK + 8 * c, _mm256_fmadd_ps(v[c], sv, off));
+            }
+        }
+    }
+}
+
+template <int MM, int RR>
+inline void gemm_block(const float* x, int64_t ldx, const float* wb, int64_t ldw, int64_t Kp, float* y,
+                       int64_t ldy) {
+    __m256 acc[MM][RR];
+    for (int m = 0; m < MM; ++m)
+        for (int r = 0; r < RR; ++r) acc[m][r] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < Kp; k += 8) {
+        __m256 wv[RR];
+        for (int r = 0; r < RR; ++r) wv[r] = _mm256_loadu_ps(wb + r * ldw + k);
+        for (int m = 0; m < MM; ++m) {
+            const __m256 xv = _mm256_loadu_ps(x + m * ldx + k);
+            for (int r = 0; r < RR; ++r) acc[m][r] = _mm256_fmadd_ps(xv, wv[r], acc[m][r]);
+        }
+    }
+    for (int m = 0; m < MM; ++m)
+        for (int r = 0; r < RR; ++r) y[m * ldy + r] = hsum(acc[m][r]);
+}
+
+template <int MM>
+inline void gemm_rows(const float* x, int64_t ldx, const float* wb, int64_t ldw, int nr, int64_t Kp, float* y,
+                      int64_t ldy) {
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) gemm_block<MM, 4>(x, ldx, wb + r * ldw, ldw, Kp, y + r, ldy);
+    for (; r < nr; ++r) gemm_block<MM, 1>(x, ldx, wb + r * ldw, ldw, Kp, y + r, ldy);
+}
+
+void gemm(const float* x, int64_t ldx, int64_t M, const float* wb, int64_t ldw, int nr, int64_t Kp, float* y,
+          int64_t ldy) {
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) gemm_rows<2>(x + m * ldx, ldx, wb, ldw, nr, Kp, y + m * ldy, ldy);
+    for (; m < M; ++m) gemm_rows<1>(x + m * ldx, ldx, wb, ldw, nr, Kp, y + m * ldy, ldy);
+}
+
+double sum(const float* p, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    }
+    double s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; ++i) s += p[i];
+    return s;
+}
+
+}  // namespace
+
+const Kernels avx2_kernels = {"avx2", gemv, dequant, gemm, sum, nullptr};
+
+}  // namespace k3
+}  // namespace nncf_moe3

@@ -1,0 +1,92 @@
+// k3 weight kernels: one function table per ISA (scalar / AVX2 / AVX-512), chosen at runtime.
+// Layout and dequantization contract: openvino_ext/reference.py (w = S * (C[q] - Z), 12-byte blocks of 32 codes).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace nncf_moe3 {
+namespace k3 {
+
+constexpr int BLOCK = 32;
+constexpr int BLOCK_BYTES = 12;
+constexpr int GEMV_MAX_M = 4;  // token counts up to this use the fused unpack+FMA GEMV, above it dequant + GEMM
+constexpr int TILE_ROWS = 8;   // rows dequantized at once on the GEMM (prefill) path
+
+// One k3 weight matrix [N, K] (an expert slice or a dense weight).
+struct Weight {
+    const uint8_t* w;   // [N][Kb][12]
+    const uint16_t* s;  // f16 [N][G] scales, or nullptr when sf is set
+    const float* sf;    // f32 [N][G] scales (the CPU plugin converts f16 constants of unknown ops to f32)
+    const uint8_t* z;   // u8 [N][G] per-group zero points, or nullptr (scalar zero point folded into the table)
+    int64_t N, K, Kb, G, bpg;  // bpg: 32-blocks per group (Kb when G == 1)
+};
+
+// Codebook table, 16 entries, t[i] = C[i & 7] - z_scalar (the upper 8 duplicate the lower 8 so that index bit 3
+// may hold garbage; AVX-512 vpermps reads 4 index bits).
+struct Table {
+    alignas(64) float t[16];
+};
+
+struct Kernels {
+    const char* name;
+    // y[m*ldy + (n - n0)] = sum_k x[m*ldx + k] * w[n, k] for n in [n0, n1), m < M <= GEMV_MAX_M.
+    // x is padded with zeros to Kb*32; xs [M][G] = per-group sums of x (only read when W.z != nullptr).
+    void (*gemv)(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, const float* xs,
+                 int64_t n0, int64_t n1, float* y, int64_t ldy);
+    // buf[(n - n0) * Kb*32 + k] = w[n, k] (f32, dequantized, including the zero-padded tail block).
+    void (*dequant)(const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf);
+    // y[m*ldy + r] = sum_k x[m*ldx + k] * wb[r*ldw + k], m < M, r < nr, k < Kp (Kp multiple of 16).
+    void (*gemm)(const float* x, int64_t ldx, int64_t M, const float* wb, int64_t ldw, int nr, int64_t Kp,
+                 float* y, int64_t ldy);
+    // sum of n floats (bandwidth probe)
+    double (*sum)(const float* p, int64_t n);
+    // optional int8-activation GEMV (same contract as gemv, xs not needed); returns false if the shape is not
+    // eligible. scratch: >= M*Kb*32 + 8*M*G + 64 bytes. nullptr when unavailable or disabled.
+    bool (*gemv_q8)(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, int64_t n0, int64_t n1,
+                    float* y, int64_t ldy, void* scratch);
+};
+
+bool avx512_vnni_gemv_q8(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, int64_t n0,
+                         int64_t n1, float* y, int64_t ldy, void* scratch);
+bool cpu_has_avx512_vnni();
+
+extern const Kernels scalar_kernels;
+extern const Kernels avx2_kernels;
+extern const Kernels avx512_kernels;
+
+// Best kernels the CPU supports, lowered by env NNCF_MOE3_ISA=avx512|avx2|scalar (read on every call). On CPUs
+// with AVX512-VNNI/VBMI the decode GEMV quantizes activations to int8 per group (gemv_q8) unless
+// NNCF_MOE3_ACT_QUANT=0.
+const Kernels& select();
+bool cpu_has_avx512();
+bool cpu_has_avx2();
+
+// IEEE half -> float (portable, used by the scalar path and setup code).
+inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {  // subnormal
+            int e = -1;
+            do {
+                ++e;
+                man <<= 1;
+            } while (!(man & 0x400u));
+            bits = sign | (uint32_t)(112 - e) << 23 | (man & 0x3ffu) << 13;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | man << 13;
+    } else {
+        bits = sign | (exp + 112) << 23 | man << 13;
+    }
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
+}
+
+}  // namespace k3
+}  // namespace nncf_moe3

@@ -1,0 +1,151 @@
+#include "k3_runtime.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#ifdef NNCF_MOE3_WITH_TBB
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+#else
+#include <atomic>
+#include <thread>
+#endif
+
+namespace nncf_moe3 {
+namespace k3 {
+
+static int env_threads() {
+    const char* v = std::getenv("NNCF_MOE3_NUM_THREADS");
+    return (v && *v) ? std::max(1, std::atoi(v)) : 0;
+}
+
+#ifdef NNCF_MOE3_WITH_TBB
+static tbb::task_arena& arena_for(int n) {
+    static std::mutex mu;
+    static std::vector<std::unique_ptr<tbb::task_arena>> arenas(257);
+    n = std::min(n, 256);
+    std::lock_guard<std::mutex> lock(mu);
+    if (!arenas[n]) arenas[n].reset(new tbb::task_arena(n));
+    return *arenas[n];
+}
+
+int max_threads() {
+    int e = env_threads();
+    return e ? e : tbb::this_task_arena::max_concurrency();
+}
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
+    if (n <= 0) return;
+    auto body = [&] {
+        tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, 1), [&](const tbb::blocked_range<int64_t>& r) {
+            for (int64_t i = r.begin(); i < r.end(); ++i) fn(i);
+        });
+    };
+    int e = env_threads();
+    if (e == 1 || n == 1) {
+        for (int64_t i = 0; i < n; ++i) fn(i);
+    } else if (e > 1) {
+        arena_for(e).execute(body);
+    } else {
+        body();
+    }
+}
+#else
+int max_threads() {
+    int e = env_threads();
+    return e ? e : (int)std::max(1u, std::thread::hardware_concurrency());
+}
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
+    int t = (int)std::min<int64_t>(max_threads(), n);
+    if (t <= 1) {
+        for (int64_t i = 0; i < n; ++i) fn(i);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+        for (int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
+    };
+    std::vector<std::thread> th;
+    for (int i = 1; i < t; ++i) th.emplace_back(work);
+    work();
+    for (auto& x : th) x.join();
+}
+#endif
+
+Weight WeightSet::slice(int64_t e) const {
+    Weight W;
+    W.w = w + e * N * Kb * BLOCK_BYTES;
+    W.s = s ? s + e * N * G : nullptr;
+    W.sf = sf ? sf + e * N * G : nullptr;
+    W.z = z ? z + e * N * G : nullptr;
+    W.N = N;
+    W.K = K;
+    W.Kb = Kb;
+    W.G = G;
+    W.bpg = G == 1 ? Kb : gs / BLOCK;
+    return W;
+}
+
+Table make_table(const void* c, bool is_f32, float z_scalar) {
+    Table T;
+    for (int i = 0; i < 16; ++i)
+        T.t[i] = (is_f32 ? static_cast<const float*>(c)[i & 7] : f16_to_f32(static_cast<const uint16_t*>(c)[i & 7])) -
+                 z_scalar;
+    return T;
+}
+
+void pad_rows(const float* src, int64_t ldsrc, int64_t M, int64_t K, int64_t Kp, float* dst) {
+    for (int64_t m = 0; m < M; ++m) {
+        std::memcpy(dst + m * Kp, src + m * ldsrc, K * sizeof(float));
+        std::memset(dst + m * Kp + K, 0, (Kp - K) * sizeof(float));
+    }
+}
+
+void group_sums(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t G, float* xs) {
+    const int64_t gs = K / G;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t g = 0; g < G; ++g) {
+            float a = 0.f;
+            for (int64_t k = g * gs; k < (g + 1) * gs; ++k) a += x[m * ldx + k];
+            xs[m * G + g] = a;
+        }
+}
+
+void rows_product(const Kernels& Kn, const Weight& W, const Table& T, const float* x, int64_t ldx, int64_t M,
+                  const float* xs, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+    thread_local std::vector<float> buf;
+    if (M <= GEMV_MAX_M) {
+        if (Kn.gemv_q8) {
+            const size_t need = (M * W.Kb * BLOCK + 8 * M * W.G + 128) / sizeof(float) + 1;
+            if (buf.size() < need) buf.resize(need);
+            if (Kn.gemv_q8(W, T, x, ldx, (int)M, n0, n1, out, ldo, buf.data())) return;
+        }
+        Kn.gemv(W, T, x, ldx, (int)M, xs, n0, n1, out, ldo);
+        return;
+    }
+    if (Kn.gemv_q8) {  // int8 activations: 4-token chunks through the VNNI kernel (weights stay in L2 per task)
+        const size_t need = (GEMV_MAX_M * W.Kb * BLOCK + 8 * GEMV_MAX_M * W.G + 128) / sizeof(float) + 1;
+        if (buf.size() < need) buf.resize(need);
+        bool ok = true;
+        for (int64_t m0 = 0; ok && m0 < M; m0 += GEMV_MAX_M) {
+            const int mm = (int)std::min<int64_t>(GEMV_MAX_M, M - m0);
+            ok = Kn.gemv_q8(W, T, x + m0 * ldx, ldx, mm, n0, n1, out + m0 * ldo, ldo, buf.data());
+        }
+        if (ok) return;
+    }
+    const int64_t kp = W.Kb * BLOCK;
+    if ((int64_t)buf.size() < TILE_ROWS * kp) buf.resize(TILE_ROWS * kp);
+    for (int64_t n = n0; n < n1; n += TILE_ROWS) {
+        const int nr = (int)std::min<int64_t>(TILE_ROWS, n1 - n);
+        Kn.dequant(W, T, n, n + nr, buf.data());
+        Kn.gemm(x, ldx, M, buf.data(), kp, nr, kp, out + (n - n0), ldo);
+    }
+}
+
+}  // namespace k3
+}  // namespace nncf_moe3

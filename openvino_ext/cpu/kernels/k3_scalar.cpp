@@ -1,0 +1,85 @@
+// Scalar reference kernels (any x86-64 / other CPU). Straightforward, used as the fallback and as a test oracle.
+#include <cstring>
+
+#include "k3_kernels.hpp"
+
+namespace nncf_moe3 {
+namespace k3 {
+namespace {
+
+inline void unpack_block(const uint8_t* p, uint8_t q[32]) {
+    uint64_t lo;
+    uint32_t hi;
+    std::memcpy(&lo, p, 8);
+    std::memcpy(&hi, p + 8, 4);
+    for (int i = 0; i < 32; ++i)
+        q[i] = (uint8_t)(((lo >> (2 * i)) & 3u) | (((hi >> i) & 1u) << 2));
+}
+
+void gemv(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, const float* xs, int64_t n0,
+          int64_t n1, float* y, int64_t ldy) {
+    uint8_t q[32];
+    for (int64_t n = n0; n < n1; ++n) {
+        float tot[GEMV_MAX_M] = {0, 0, 0, 0};
+        for (int64_t g = 0; g < W.G; ++g) {
+            float acc[GEMV_MAX_M] = {0, 0, 0, 0};
+            int64_t b1 = (g + 1) * W.bpg < W.Kb ? (g + 1) * W.bpg : W.Kb;
+            for (int64_t b = g * W.bpg; b < b1; ++b) {
+                unpack_block(W.w + (n * W.Kb + b) * BLOCK_BYTES, q);
+                for (int m = 0; m < M; ++m) {
+                    const float* xp = x + m * ldx + b * BLOCK;
+                    float a = 0.f;
+                    for (int i = 0; i < 32; ++i) a += xp[i] * T.t[q[i]];
+                    acc[m] += a;
+                }
+            }
+            float s = (W.sf ? W.sf[n * W.G + g] : f16_to_f32(W.s[n * W.G + g]));
+            float zz = W.z ? (float)W.z[n * W.G + g] : 0.f;
+            for (int m = 0; m < M; ++m) tot[m] += s * (acc[m] - (W.z ? zz * xs[m * W.G + g] : 0.f));
+        }
+        for (int m = 0; m < M; ++m) y[m * ldy + (n - n0)] = tot[m];
+    }
+}
+
+void dequant(const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf) {
+    uint8_t q[32];
+    const int64_t kp = W.Kb * BLOCK;
+    for (int64_t n = n0; n < n1; ++n) {
+        float* out = buf + (n - n0) * kp;
+        for (int64_t b = 0; b < W.Kb; ++b) {
+            int64_t g = b / W.bpg;
+            float s = (W.sf ? W.sf[n * W.G + g] : f16_to_f32(W.s[n * W.G + g]));
+            float zz = W.z ? (float)W.z[n * W.G + g] : 0.f;
+            unpack_block(W.w + (n * W.Kb + b) * BLOCK_BYTES, q);
+            for (int i = 0; i < 32; ++i) out[b * BLOCK + i] = s * (T.t[q[i]] - zz);
+        }
+    }
+}
+
+void gemm(const float* x, int64_t ldx, int64_t M, const float* wb, int64_t ldw, int nr, int64_t Kp, float* y,
+          int64_t ldy) {
+    for (int64_t m = 0; m < M; ++m)
+        for (int r = 0; r < nr; ++r) {
+            float a = 0.f;
+            for (int64_t k = 0; k < Kp; ++k) a += x[m * ldx + k] * wb[r * ldw + k];
+            y[m * ldy + r] = a;
+        }
+}
+
+double sum(const float* p, int64_t n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) a[j] += p[i + j];
+    double s = 0;
+    for (; i < n; ++i) s += p[i];
+    for (int j = 0; j < 8; ++j) s += a[j];
+    return s;
+}
+
+}  // namespace
+
+const Kernels scalar_kernels = {"scalar", gemv, dequant, gemm, sum, nullptr};
+
+}  // namespace k3
+}  // namespace nncf_moe3

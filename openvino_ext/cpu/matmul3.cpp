@@ -1,0 +1,102 @@
+#include "matmul3.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "op_util.hpp"
+
+namespace nncf_moe3 {
+
+MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size) : Op(args), m_group_size(group_size) {
+    constructor_validate_and_infer_types();
+}
+
+void MatMul3::validate_and_infer_types() {
+    NODE_VALIDATION_CHECK(this, get_input_size() == 5, "MatMul3 takes 5 inputs (X, W, S, Z, C), got ",
+                          get_input_size());
+    const auto tx = get_input_element_type(0);
+    NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
+    check_weight_types(this, 1);
+    check_codebook(this, 4);
+    const auto& xs = get_input_partial_shape(0);
+    const auto& ws = get_input_partial_shape(1);
+    ov::PartialShape out = ov::PartialShape::dynamic();
+    if (xs.rank().is_static()) {
+        NODE_VALIDATION_CHECK(this, xs.rank().get_length() >= 1, "X must have rank >= 1");
+        std::vector<ov::Dimension> dims(xs.begin(), xs.end());
+        dims.back() = ws.rank().is_static() && ws.rank().get_length() == 3 ? ws[0] : ov::Dimension::dynamic();
+        out = ov::PartialShape(dims);
+        if (ws.rank().is_static() && ws.rank().get_length() == 3 && xs[xs.rank().get_length() - 1].is_static() &&
+            ws[1].is_static())
+            NODE_VALIDATION_CHECK(this,
+                                  ws[1].get_length() == (xs[xs.rank().get_length() - 1].get_length() + 31) / 32,
+                                  "W ", ws, " does not hold K = ", xs[xs.rank().get_length() - 1]);
+    }
+    set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, out);
+}
+
+std::shared_ptr<ov::Node> MatMul3::clone_with_new_inputs(const ov::OutputVector& new_args) const {
+    check_new_args_count(this, new_args);
+    return std::make_shared<MatMul3>(new_args, m_group_size);
+}
+
+bool MatMul3::visit_attributes(ov::AttributeVisitor& visitor) {
+    visitor.on_attribute("group_size", m_group_size);
+    return true;
+}
+
+bool MatMul3::has_evaluate() const {
+    return get_input_element_type(0) == ov::element::f32 && get_input_element_type(1) == ov::element::u8 &&
+           is_f16_or_f32(get_input_element_type(2)) && get_input_element_type(3) == ov::element::u8 &&
+           is_f16_or_f32(get_input_element_type(4));
+}
+
+bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    using namespace k3;
+    const auto& X = inputs[0];
+    const auto xshape = X.get_shape();
+    OPENVINO_ASSERT(!xshape.empty(), "MatMul3: scalar X");
+    const int64_t K = (int64_t)xshape.back();
+    const int64_t M = K ? (int64_t)(ov::shape_size(xshape) / K) : 0;
+    const int64_t gs = m_group_size > 0 && m_group_size <= K ? m_group_size : K;
+    const WeightSet ws = weight_set(inputs[1], inputs[2], inputs[3], K, gs, "MatMul3");
+    auto oshape = xshape;
+    oshape.back() = (size_t)ws.N;
+    outputs[0].set_shape(oshape);
+    float* y = static_cast<float*>(outputs[0].data());
+    if (M == 0 || ws.N == 0) return true;
+
+    const Kernels& Kn = select();
+    const Table T = make_table(inputs[4].data(), inputs[4].get_element_type() == ov::element::f32, ws.z_scalar);
+    const Weight W = ws.slice(0);
+    const int64_t Kp = ws.Kb * BLOCK;
+    const float* x = static_cast<const float*>(X.data());
+    std::vector<float> xpad;
+    if (Kp != K) {
+        xpad.resize(M * Kp);
+        pad_rows(x, K, M, K, Kp, xpad.data());
+        x = xpad.data();
+    }
+    std::vector<float> xs;
+    if (ws.z) {
+        xs.resize(M * ws.G);
+        group_sums(x, Kp, M, K, ws.G, xs.data());
+    }
+    // tasks: row chunks x token chunks
+    const int threads = std::max(1, max_threads());
+    const int64_t mchunk = M <= GEMV_MAX_M ? M : 256;
+    const int64_t mtasks = (M + mchunk - 1) / mchunk;
+    int64_t rchunk = M <= GEMV_MAX_M ? 64 : 4 * TILE_ROWS;
+    while (rchunk > TILE_ROWS && ((ws.N + rchunk - 1) / rchunk) * mtasks < 4 * threads) rchunk /= 2;
+    const int64_t rtasks = (ws.N + rchunk - 1) / rchunk;
+    parallel_for(rtasks * mtasks, [&](int64_t t) {
+        const int64_t r = t % rtasks, mt = t / rtasks;
+        const int64_t n0 = r * rchunk, n1 = std::min(ws.N, n0 + rchunk);
+        const int64_t m0 = mt * mchunk, mm = std::min(M - m0, mchunk);
+        rows_product(Kn, W, T, x + m0 * Kp, Kp, mm, xs.empty() ? nullptr : xs.data() + m0 * ws.G, n0, n1,
+                     y + m0 * ws.N + n0, ws.N);
+    });
+    return true;
+}
+
+}  // namespace nncf_moe3

@@ -1,0 +1,27 @@
+// MatMul3: Y f32 [.., N] = X f32 [.., K] @ dequant(W k3 [N, Kb, 12], S f16 [N, G], Z u8 [N, G] | [1], C f16 [8])^T
+// Contract: openvino_ext/reference.py.
+#pragma once
+#include <openvino/op/op.hpp>
+
+namespace nncf_moe3 {
+
+class MatMul3 : public ov::op::Op {
+public:
+    OPENVINO_OP("MatMul3", "nncf_moe3");
+
+    MatMul3() = default;
+    MatMul3(const ov::OutputVector& args, int64_t group_size);
+
+    void validate_and_infer_types() override;
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override;
+    bool visit_attributes(ov::AttributeVisitor& visitor) override;
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+    bool has_evaluate() const override;
+
+    int64_t get_group_size() const { return m_group_size; }
+
+private:
+    int64_t m_group_size = 128;
+};
+
+}  // namespace nncf_moe3

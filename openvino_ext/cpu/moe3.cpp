@@ -1,0 +1,188 @@
+#include "moe3.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "op_util.hpp"
+
+namespace nncf_moe3 {
+
+MoE3::MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size)
+    : Op(args), m_top_k(top_k), m_normalize_topk(normalize_topk), m_group_size(group_size) {
+    constructor_validate_and_infer_types();
+}
+
+void MoE3::validate_and_infer_types() {
+    NODE_VALIDATION_CHECK(this, get_input_size() == 12,
+                          "MoE3 takes 12 inputs (X, router_logits, Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C), got ",
+                          get_input_size());
+    const auto tx = get_input_element_type(0);
+    NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
+    for (size_t p : {2, 5, 8}) check_weight_types(this, p);
+    check_codebook(this, 11);
+    NODE_VALIDATION_CHECK(this, m_top_k >= 1, "top_k must be >= 1");
+    const auto& xs = get_input_partial_shape(0);
+    const auto& ls = get_input_partial_shape(1);
+    NODE_VALIDATION_CHECK(this, xs.rank().is_dynamic() || xs.rank().get_length() == 2, "X must be [T, H], got ", xs);
+    NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 2,
+                          "router_logits must be [T, E], got ", ls);
+    const auto& wg = get_input_partial_shape(2);
+    if (ls.rank().is_static() && wg.rank().is_static() && ls[1].is_static() && wg[0].is_static())
+        NODE_VALIDATION_CHECK(this, ls[1].get_length() == wg[0].get_length(), "router_logits ", ls,
+                              " and gate weights ", wg, " disagree on the expert count");
+    if (ls.rank().is_static() && ls[1].is_static())
+        NODE_VALIDATION_CHECK(this, m_top_k <= ls[1].get_length(), "top_k ", m_top_k, " > expert count ", ls[1]);
+    set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, xs);
+}
+
+std::shared_ptr<ov::Node> MoE3::clone_with_new_inputs(const ov::OutputVector& new_args) const {
+    check_new_args_count(this, new_args);
+    return std::make_shared<MoE3>(new_args, m_top_k, m_normalize_topk, m_group_size);
+}
+
+bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
+    visitor.on_attribute("top_k", m_top_k);
+    visitor.on_attribute("normalize_topk", m_normalize_topk);
+    visitor.on_attribute("group_size", m_group_size);
+    return true;
+}
+
+bool MoE3::has_evaluate() const {
+    if (get_input_element_type(0) != ov::element::f32 || get_input_element_type(1) != ov::element::f32) return false;
+    for (size_t p : {2, 5, 8})
+        if (get_input_element_type(p) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(p + 1)) ||
+            get_input_element_type(p + 2) != ov::element::u8)
+            return false;
+    return is_f16_or_f32(get_input_element_type(11));
+}
+
+namespace {
+inline float silu(float v) { return v / (1.f + std::exp(-v)); }
+}  // namespace
+
+bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    using namespace k3;
+    const auto xshape = inputs[0].get_shape();
+    const auto lshape = inputs[1].get_shape();
+    OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 2 && lshape[0] == xshape[0], "MoE3: X ", xshape,
+                    " / router_logits ", lshape, " mismatch");
+    const int64_t T = (int64_t)xshape[0], H = (int64_t)xshape[1], E = (int64_t)lshape[1];
+    const auto sg_shape = inputs[3].get_shape();
+    OPENVINO_ASSERT(sg_shape.size() == 3 && (int64_t)sg_shape[0] == E, "MoE3: gate scales ", sg_shape,
+                    " do not match E=", E);
+    const int64_t I = (int64_t)sg_shape[1];
+    const int64_t gs_h = m_group_size > 0 && m_group_size <= H ? m_group_size : H;
+    const int64_t gs_i = m_group_size > 0 && m_group_size <= I ? m_group_size : I;
+    const WeightSet wg = weight_set(inputs[2], inputs[3], inputs[4], H, gs_h, "MoE3 gate");
+    const WeightSet wu = weight_set(inputs[5], inputs[6], inputs[7], H, gs_h, "MoE3 up");
+    const WeightSet wd = weight_set(inputs[8], inputs[9], inputs[10], I, gs_i, "MoE3 down");
+    OPENVINO_ASSERT(wg.N == I && wu.N == I && wd.N == H, "MoE3: expert weight shapes disagree");
+    outputs[0].set_shape(xshape);
+    float* out = static_cast<float*>(outputs[0].data());
+    std::fill(out, out + T * H, 0.f);
+    if (T == 0) return true;
+    const int64_t top_k = std::min<int64_t>(m_top_k, E);
+
+    // ---- routing: softmax over E, top-k (ties: lower index), optional renormalisation
+    const float* logits = static_cast<const float*>(inputs[1].data());
+    std::vector<std::vector<int64_t>> tok(E);  // tokens routed to e
+    std::vector<std::vector<float>> wts(E);
+    {
+        std::vector<float> p(E);
+        std::vector<int64_t> idx(E);
+        for (int64_t t = 0; t < T; ++t) {
+            const float* l = logits + t * E;
+            const float mx = *std::max_element(l, l + E);
+            float sum = 0.f;
+            for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(l[e] - mx));
+            for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+            std::iota(idx.begin(), idx.end(), 0);
+            std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+            float norm = 0.f;
+            for (int64_t k = 0; k < top_k; ++k) norm += p[idx[k]];
+            for (int64_t k = 0; k < top_k; ++k) {
+                tok[idx[k]].push_back(t);
+                wts[idx[k]].push_back(m_normalize_topk ? p[idx[k]] / norm : p[idx[k]]);
+            }
+        }
+    }
+    std::vector<int64_t> active;
+    for (int64_t e = 0; e < E; ++e)
+        if (!tok[e].empty()) active.push_back(e);
+
+    const Kernels& Kn = select();
+    const void* cb = inputs[11].data();
+    const bool cb32 = inputs[11].get_element_type() == ov::element::f32;
+    const Table Tg = make_table(cb, cb32, wg.z_scalar), Tu = make_table(cb, cb32, wu.z_scalar),
+                Td = make_table(cb, cb32, wd.z_scalar);
+    const int64_t Hp = wg.Kb * BLOCK, Ip = wd.Kb * BLOCK;
+    const float* x = static_cast<const float*>(inputs[0].data());
+
+    // per active expert: gathered padded tokens [Te][Hp], group sums, activations [Te][Ip]
+    const int64_t A = (int64_t)active.size();
+    std::vector<std::vector<float>> xe(A), xse(A), act(A), ase(A);
+    for (int64_t a = 0; a < A; ++a) {
+        const auto& tl = tok[active[a]];
+        const int64_t Te = (int64_t)tl.size();
+        xe[a].assign(Te * Hp, 0.f);
+        for (int64_t i = 0; i < Te; ++i) std::copy(x + tl[i] * H, x + tl[i] * H + H, xe[a].data() + i * Hp);
+        if ((wg.z || wu.z) && Te <= GEMV_MAX_M) {
+            xse[a].resize(Te * wg.G);
+            group_sums(xe[a].data(), Hp, Te, H, wg.G, xse[a].data());
+        }
+        act[a].assign(Te * Ip, 0.f);
+    }
+
+    const int threads = std::max(1, max_threads());
+    // ---- phase 1: gate/up rows (expert, row chunk) -> act = silu(gate) * up
+    int64_t tot_tokens = 0;
+    for (int64_t a = 0; a < A; ++a) tot_tokens += (int64_t)tok[active[a]].size();
+    int64_t rc1 = 64;
+    while (rc1 > TILE_ROWS && A * ((I + rc1 - 1) / rc1) < 4 * threads) rc1 /= 2;
+    const int64_t nch1 = (I + rc1 - 1) / rc1;
+    parallel_for(A * nch1, [&](int64_t task) {
+        const int64_t a = task / nch1, c = task % nch1, e = active[a];
+        const int64_t Te = (int64_t)tok[e].size();
+        const int64_t n0 = c * rc1, n1 = std::min(I, n0 + rc1), nr = n1 - n0;
+        std::vector<float> g(Te * nr), u(Te * nr);
+        const float* xs = xse[a].empty() ? nullptr : xse[a].data();
+        rows_product(Kn, wg.slice(e), Tg, xe[a].data(), Hp, Te, xs, n0, n1, g.data(), nr);
+        rows_product(Kn, wu.slice(e), Tu, xe[a].data(), Hp, Te, xs, n0, n1, u.data(), nr);
+        for (int64_t t = 0; t < Te; ++t)
+            for (int64_t r = 0; r < nr; ++r) act[a][t * Ip + n0 + r] = silu(g[t * nr + r]) * u[t * nr + r];
+    });
+    if (wd.z)
+        for (int64_t a = 0; a < A; ++a) {
+            const int64_t Te = (int64_t)tok[active[a]].size();
+            if (Te > GEMV_MAX_M) continue;
+            ase[a].resize(Te * wd.G);
+            group_sums(act[a].data(), Ip, Te, I, wd.G, ase[a].data());
+        }
+
+    // ---- phase 2: down rows (row chunk over H, all experts) -> out += w * down (each task owns its rows)
+    int64_t rc2 = 64;
+    while (rc2 > TILE_ROWS && ((H + rc2 - 1) / rc2) < 4 * threads) rc2 /= 2;
+    const int64_t nch2 = (H + rc2 - 1) / rc2;
+    parallel_for(nch2, [&](int64_t c) {
+        const int64_t n0 = c * rc2, n1 = std::min(H, n0 + rc2), nr = n1 - n0;
+        std::vector<float> d;
+        for (int64_t a = 0; a < A; ++a) {
+            const int64_t e = active[a];
+            const int64_t Te = (int64_t)tok[e].size();
+            d.resize(Te * nr);
+            rows_product(Kn, wd.slice(e), Td, act[a].data(), Ip, Te, ase[a].empty() ? nullptr : ase[a].data(), n0,
+                         n1, d.data(), nr);
+            for (int64_t t = 0; t < Te; ++t) {
+                float* o = out + tok[e][t] * H + n0;
+                const float w = wts[e][t];
+                for (int64_t r = 0; r < nr; ++r) o[r] += w * d[t * nr + r];
+            }
+        }
+    });
+    (void)tot_tokens;
+    return true;
+}
+
+}  // namespace nncf_moe3

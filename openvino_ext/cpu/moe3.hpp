@@ -1,0 +1,27 @@
+// MoE3: routed SwiGLU experts of one MoE block with k3 weights (softmax -> top-k -> [renormalise] routing from
+// router logits). Inputs/attributes: openvino_ext/reference.py.
+#pragma once
+#include <openvino/op/op.hpp>
+
+namespace nncf_moe3 {
+
+class MoE3 : public ov::op::Op {
+public:
+    OPENVINO_OP("MoE3", "nncf_moe3");
+
+    MoE3() = default;
+    MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size);
+
+    void validate_and_infer_types() override;
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override;
+    bool visit_attributes(ov::AttributeVisitor& visitor) override;
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
+    bool has_evaluate() const override;
+
+private:
+    int64_t m_top_k = 2;
+    bool m_normalize_topk = true;
+    int64_t m_group_size = 128;
+};
+
+}  // namespace nncf_moe3

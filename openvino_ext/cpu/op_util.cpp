@@ -1,0 +1,61 @@
+#include "op_util.hpp"
+
+#include <openvino/core/except.hpp>
+
+namespace nncf_moe3 {
+
+void check_weight_types(const ov::Node* node, size_t pw) {
+    using ov::element::Type;
+    const auto tw = node->get_input_element_type(pw), ts = node->get_input_element_type(pw + 1),
+               tz = node->get_input_element_type(pw + 2);
+    NODE_VALIDATION_CHECK(node, tw.is_dynamic() || tw == ov::element::u8, "k3 weights must be u8, got ", tw);
+    NODE_VALIDATION_CHECK(node, ts.is_dynamic() || ts == ov::element::f16 || ts == ov::element::f32,
+                          "scales must be f16 (or f32), got ", ts);
+    NODE_VALIDATION_CHECK(node, tz.is_dynamic() || tz == ov::element::u8, "zero points must be u8, got ", tz);
+    const auto& ws = node->get_input_partial_shape(pw);
+    if (ws.rank().is_static() && ws[ws.rank().get_length() - 1].is_static())
+        NODE_VALIDATION_CHECK(node, ws[ws.rank().get_length() - 1].get_length() == k3::BLOCK_BYTES,
+                              "k3 weights must end in a dimension of 12 bytes, got ", ws);
+}
+
+void check_codebook(const ov::Node* node, size_t pc) {
+    const auto tc = node->get_input_element_type(pc);
+    NODE_VALIDATION_CHECK(node, tc.is_dynamic() || tc == ov::element::f16 || tc == ov::element::f32,
+                          "codebook must be f16 (or f32), got ", tc);
+    const auto& cs = node->get_input_partial_shape(pc);
+    NODE_VALIDATION_CHECK(node, cs.is_dynamic() || ov::shape_size(cs.to_shape()) == 8,
+                          "codebook must hold 8 values, got ", cs);
+}
+
+k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Tensor& z, int64_t K, int64_t gs,
+                         const char* what) {
+    k3::WeightSet ws;
+    const auto wsh = w.get_shape(), ssh = s.get_shape();
+    OPENVINO_ASSERT(wsh.size() >= 3 && wsh.back() == (size_t)k3::BLOCK_BYTES, what, ": bad k3 weight shape ", wsh);
+    OPENVINO_ASSERT(gs > 0 && K % gs == 0 && (gs % k3::BLOCK == 0 || gs == K), what, ": group_size ", gs,
+                    " must divide K=", K, " and be a multiple of 32 or K");
+    ws.K = K;
+    ws.gs = gs;
+    ws.G = K / gs;
+    ws.N = (int64_t)wsh[wsh.size() - 3];
+    ws.Kb = (int64_t)wsh[wsh.size() - 2];
+    OPENVINO_ASSERT(ws.Kb == (K + k3::BLOCK - 1) / k3::BLOCK, what, ": k3 weights ", wsh, " do not match K=", K);
+    OPENVINO_ASSERT(ssh.size() == wsh.size() - 1 && (int64_t)ssh.back() == ws.G &&
+                        (int64_t)ssh[ssh.size() - 2] == ws.N,
+                    what, ": scales ", ssh, " do not match weights ", wsh, " with G=", ws.G);
+    ws.w = static_cast<const uint8_t*>(w.data());
+    if (s.get_element_type() == ov::element::f32)
+        ws.sf = static_cast<const float*>(s.data());
+    else
+        ws.s = static_cast<const uint16_t*>(s.data());
+    if (z.get_size() == 1) {
+        ws.z = nullptr;
+        ws.z_scalar = (float)*static_cast<const uint8_t*>(z.data());
+    } else {
+        OPENVINO_ASSERT(z.get_shape() == ssh, what, ": zero points ", z.get_shape(), " must be [1] or ", ssh);
+        ws.z = static_cast<const uint8_t*>(z.data());
+    }
+    return ws;
+}
+
+}  // namespace nncf_moe3

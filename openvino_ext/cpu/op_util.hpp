@@ -1,0 +1,20 @@
+// Operand checks shared by MatMul3 and MoE3.
+#pragma once
+#include <openvino/core/node.hpp>
+#include <openvino/runtime/tensor.hpp>
+
+#include "kernels/k3_runtime.hpp"
+
+namespace nncf_moe3 {
+
+// Type checks of a (W, S, Z) triple at ports (pw, pw+1, pw+2) and the codebook port.
+void check_weight_types(const ov::Node* node, size_t pw);
+void check_codebook(const ov::Node* node, size_t pc);
+
+// View of runtime tensors W [lead.., N, Kb, 12], S [lead.., N, G], Z [lead.., N, G] | [1]; K = reduction size.
+k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Tensor& z, int64_t K, int64_t gs,
+                         const char* what);
+
+inline bool is_f16_or_f32(const ov::element::Type& t) { return t == ov::element::f16 || t == ov::element::f32; }
+
+}  // namespace nncf_moe3

@@ -1,0 +1,341 @@
+"""Companion graph transformation of the nncf_moe3 ops (a Python graph walk over an ``ov.Model``).
+
+``transform(model, "cpu")``
+    * tiled MoE blocks whose routed experts are u3 (gate / up / down ``[E, N, K]``) -> one ``MoE3`` op per block;
+      the router logits stay computed by the graph's MatMul (``MatMul -> Softmax -> TopK -> [Divide by ReduceSum]
+      -> ScatterElementsUpdate -> Transpose -> Reshape -> Multiply -> ReduceSum``, reference ``openvino.md`` §3.2);
+    * every other u3 decompression subgraph feeding a MatMul with a 2-D weight -> ``MatMul3``.
+``transform(model, "widen")``
+    u3 constants -> u4 (lossless), the scalar i8 zero point of INT3_SYM -> u4 and per-group u3 zero points -> u4,
+    the rest of the subgraph unchanged: stock plugins then keep the weights compressed (INT4 kernels).
+
+Subgraphs not handled are left untouched and logged (logger ``"openvino_ext"``). The model is modified in place
+and returned. u3 constants are decoded with the layout recorded in the model's rt_info (``nncf_moe3/u3_layout``)
+or, without one, the installed OpenVINO's (:data:`openvino_ext.u3.LAYOUT`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+
+from openvino_ext import u3
+from openvino_ext.transformations.decompression import U3Weight, Unsupported, etype, parse, src, tname
+
+logger = logging.getLogger("openvino_ext")
+
+__all__ = ["transform", "register", "TARGETS", "Unsupported", "U3Weight", "last_stats"]
+
+TARGETS = ("cpu", "widen")
+U3_LAYOUT_KEY = ["nncf_moe3", "u3_layout"]
+
+#: Counters of the last :func:`transform` call (e.g. {"MoE3": 2, "MatMul3": 9, "skipped": 1}).
+last_stats: Counter = Counter()
+
+
+def model_layout(model) -> str:
+    if model.has_rt_info(U3_LAYOUT_KEY):
+        layout = model.get_rt_info(U3_LAYOUT_KEY).astype(str)
+        if layout in u3.LAYOUTS:
+            return layout
+    return u3.LAYOUT
+
+
+def _factory():
+    from openvino.utils.node_factory import NodeFactory
+
+    import openvino_ext
+
+    f = NodeFactory()
+    f.add_extension(str(openvino_ext.library_path(build=True)))
+    return f
+
+
+def _consts(arrays):
+    from openvino import opset13 as ops
+
+    return [ops.constant(a).output(0) for a in arrays]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MoE blocks
+# ----------------------------------------------------------------------------------------------------------------
+def _skip(node, types=("Reshape", "Unsqueeze", "Squeeze", "Convert")):
+    while tname(node) in types:
+        node = src(node)
+    return node
+
+
+def _const_int(node):
+    if tname(node) != "Constant":
+        return None
+    return [int(v) for v in np.asarray(node.get_data()).ravel()]
+
+
+def _match_router(r_node):
+    """(logits Output, top_k, normalize) from the routing tensor r[E, T, 1] node, or raise Unsupported."""
+    node = _skip(r_node)
+    if tname(node) != "Transpose":
+        raise Unsupported(f"routing tensor: expected Transpose, found {tname(node)}")
+    seu = _skip(src(node))
+    if tname(seu) != "ScatterElementsUpdate":
+        raise Unsupported(f"routing tensor: expected ScatterElementsUpdate, found {tname(seu)}")
+    axis = _const_int(src(seu, 3))
+    if axis not in ([1], [-1]):
+        raise Unsupported(f"ScatterElementsUpdate axis {axis}")
+    idx = src(seu, 1)
+    idx_out = seu.input(1).get_source_output()
+    while tname(idx) == "Convert":
+        idx_out = idx.input(0).get_source_output()
+        idx = src(idx)
+    if tname(idx) != "TopK" or idx_out.get_index() != 1:
+        raise Unsupported("scatter indices are not TopK indices")
+    topk = idx
+    upd = _skip(src(seu, 2), ("Slice", "Convert", "Reshape"))
+    normalize = False
+    if tname(upd) == "Divide":
+        num = src(upd, 0)
+        den = _skip(src(upd, 1), ("Convert",))
+        if num is not topk and num.get_friendly_name() != topk.get_friendly_name():
+            raise Unsupported("routing weights: Divide numerator is not the TopK values")
+        if tname(den) != "ReduceSum" or src(den).get_friendly_name() != topk.get_friendly_name():
+            raise Unsupported("routing weights: Divide by something else than ReduceSum(top-k values)")
+        normalize = True
+    elif upd.get_friendly_name() != topk.get_friendly_name():
+        raise Unsupported(f"routing weights: unexpected {tname(upd)}")
+    k = _const_int(src(topk, 1))
+    attrs = topk.get_attributes()
+    if k is None or len(k) != 1 or attrs.get("mode") != "max":
+        raise Unsupported("TopK with non-constant k or mode != max")
+    sm = _skip(src(topk), ("Convert",))
+    if tname(sm) != "Softmax":
+        raise Unsupported(f"router: expected Softmax before TopK, found {tname(sm)}")
+    rank = sm.get_output_partial_shape(0).rank.get_length()
+    if sm.get_attributes().get("axis") not in (-1, rank - 1) or rank != 2:
+        raise Unsupported("router Softmax is not over the last axis of [T, E] logits")
+    logits = sm.input(0).get_source_output()
+    if etype(logits) != "f32":
+        raise Unsupported(f"router logits are {etype(logits)}, MoE3 takes f32")
+    return logits, k[0], normalize
+
+
+def _match_moe(reduce_sum, layout):
+    """Parsed MoE block rooted at ReduceSum, or None (not a MoE root). Raises Unsupported."""
+    if reduce_sum.get_attributes().get("keep_dims", False) or _const_int(src(reduce_sum, 1)) != [0]:
+        return None
+    mul = src(reduce_sum)
+    if tname(mul) != "Multiply":
+        return None
+    for p in (0, 1):
+        down = _skip(src(mul, p), ("Reshape",))
+        if tname(down) == "MatMul" and len(down.get_input_partial_shape(1)) == 3:
+            break
+    else:
+        return None
+    r_node = src(mul, 1 - p)
+    attrs = down.get_attributes()
+    if attrs.get("transpose_a"):
+        raise Unsupported("expert MatMul with transpose_a")
+    try:
+        wd = parse(down.input(1).get_source_output(), layout)
+    except LookupError:
+        return None
+    act = src(down)
+    if tname(act) != "Multiply":
+        raise Unsupported("down projection input is not Multiply(Swish(gate), up)")
+    a, b = src(act, 0), src(act, 1)
+    if tname(a) != "Swish":
+        a, b = b, a
+    if tname(a) != "Swish" or a.get_input_size() != 1 or tname(b) != "MatMul":
+        raise Unsupported("expert activation is not Swish(gate) * up (SwiGLU)")
+    gate, up = src(a), b
+    if tname(gate) != "MatMul":
+        raise Unsupported("Swish input is not a MatMul")
+    tiled = gate.input(0).get_source_output()
+    if up.input(0).get_source_output() != tiled:
+        raise Unsupported("gate and up projections read different inputs")
+    tile = _skip(tiled.get_node(), ("Reshape",))
+    if tname(tile) != "Tile":
+        raise Unsupported("expert input is not Reshape(Tile(x))")
+    x = tile.input(0).get_source_output()
+    if x.get_partial_shape().rank.get_length() != 2 or etype(x) != "f32":
+        raise Unsupported("tiled expert input is not an f32 [T, H] tensor")
+    wg = parse(gate.input(1).get_source_output(), layout)
+    wu = parse(up.input(1).get_source_output(), layout)
+    for m, w in (("gate", gate), ("up", up), ("down", down)):
+        at = w.get_attributes()
+        if at.get("transpose_a"):
+            raise Unsupported(f"{m} MatMul with transpose_a")
+    for name, w, mm in (("gate", wg, gate), ("up", wu, up), ("down", wd, down)):
+        if len(w.lead) != 1:
+            raise Unsupported(f"{name} expert weight is not [E, N, K]")
+        if w.transposed == bool(mm.get_attributes().get("transpose_b")):
+            raise Unsupported(f"{name} weight orientation does not match the MatMul's transpose_b")
+    e, inter, h = wg.codes.shape
+    if wu.codes.shape != (e, inter, h) or wd.codes.shape != (e, h, inter):
+        raise Unsupported(f"expert shapes gate {wg.codes.shape} up {wu.codes.shape} down {wd.codes.shape}")
+    if not (np.array_equal(wg.codebook, wu.codebook) and np.array_equal(wg.codebook, wd.codebook)):
+        raise Unsupported("gate / up / down use different codebooks")
+    gs = wg.group_size
+    if wu.group_size != gs or wd.group_size != (gs if gs <= inter else inter):
+        raise Unsupported(f"group sizes gate {gs} up {wu.group_size} down {wd.group_size} differ")
+    logits, k, normalize = _match_router(r_node)
+    if logits.get_partial_shape()[1].is_static and logits.get_partial_shape()[1].get_length() != e:
+        raise Unsupported("router logits width != expert count")
+    return dict(x=x, logits=logits, wg=wg, wu=wu, wd=wd, top_k=k, normalize=normalize, group_size=gs,
+                root=reduce_sum, name=down.get_friendly_name())
+
+
+def _rewrite_moe(model, factory, layout, stats):
+    for node in list(model.get_ordered_ops()):
+        if tname(node) != "ReduceSum":
+            continue
+        try:
+            m = _match_moe(node, layout)
+        except Unsupported as e:
+            logger.info("MoE block at %s left untouched: %s", node.get_friendly_name(), e)
+            stats["skipped"] += 1
+            continue
+        if m is None:
+            continue
+        ops_in = [m["x"], m["logits"]]
+        for w in (m["wg"], m["wu"], m["wd"]):
+            wk, s, z, _ = w.kernel_operands()
+            ops_in += _consts((wk, s, z))
+        ops_in += _consts((m["wg"].codebook,))
+        moe = factory.create("MoE3", ops_in, {"top_k": int(m["top_k"]), "normalize_topk": bool(m["normalize"]),
+                                              "group_size": int(m["group_size"])})
+        moe.set_friendly_name(node.get_friendly_name())
+        for inp in list(node.output(0).get_target_inputs()):
+            inp.replace_source_output(moe.output(0))
+        stats["MoE3"] += 1
+
+
+def _rewrite_matmuls(model, factory, layout, stats):
+    for node in list(model.get_ordered_ops()):
+        if tname(node) != "MatMul":
+            continue
+        try:
+            w = parse(node.input(1).get_source_output(), layout)
+        except LookupError:
+            continue
+        except Unsupported as e:
+            logger.info("MatMul %s left untouched: %s", node.get_friendly_name(), e)
+            stats["skipped"] += 1
+            continue
+        attrs = node.get_attributes()
+        reason = None
+        if w.lead:
+            reason = f"weight {w.codes.shape} is not 2-D (experts outside a recognised MoE block)"
+        elif attrs.get("transpose_a"):
+            reason = "transpose_a"
+        elif w.transposed == bool(attrs.get("transpose_b")):
+            reason = "weight orientation does not match transpose_b"
+        elif etype(node.input(0).get_source_output()) != "f32":
+            reason = "activations are not f32"
+        if reason:
+            logger.info("MatMul %s left untouched: %s", node.get_friendly_name(), reason)
+            stats["skipped"] += 1
+            continue
+        wk, s, z, c = w.kernel_operands()
+        mm = factory.create("MatMul3", [node.input(0).get_source_output()] + _consts((wk, s, z, c)),
+                            {"group_size": int(w.group_size)})
+        mm.set_friendly_name(node.get_friendly_name())
+        for inp in list(node.output(0).get_target_inputs()):
+            inp.replace_source_output(mm.output(0))
+        stats["MatMul3"] += 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# widen: u3 -> u4
+# ----------------------------------------------------------------------------------------------------------------
+def _u4_constant(values: np.ndarray, like):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    c = ops.constant(np.ascontiguousarray(values.astype(np.uint8)), dtype=ov.Type.u4)
+    c.set_friendly_name(like.get_friendly_name())
+    return c
+
+
+def _widen(model, layout, stats):
+    done = set()
+    for node in list(model.get_ordered_ops()):
+        if tname(node) != "Constant" or etype(node) != "u3" or node.get_friendly_name() in done:
+            continue
+        values = u3.unpack(u3.constant_bytes(node), int(np.prod(node.get_output_shape(0)) or 1), layout)
+        new = _u4_constant(values.reshape(tuple(node.get_output_shape(0))), node)
+        consumers = list(node.output(0).get_target_inputs())
+        for inp in consumers:
+            inp.replace_source_output(new.output(0))
+        done.add(node.get_friendly_name())
+        stats["u3->u4"] += 1
+        # NNCF INT3_SYM: Convert(u3 w) - Convert(i8 scalar zp) -> scalar u4 zero point (OpenVINO's u4 patterns)
+        for inp in consumers:
+            conv = inp.get_node()
+            if tname(conv) != "Convert":
+                continue
+            for sub_in in conv.output(0).get_target_inputs():
+                sub = sub_in.get_node()
+                if tname(sub) != "Subtract" or sub_in.get_index() != 0:
+                    continue
+                zc = src(sub, 1)
+                zconst = src(zc) if tname(zc) == "Convert" else zc
+                if tname(zconst) != "Constant" or etype(zconst) not in ("i8", "u8"):
+                    continue
+                z = np.asarray(zconst.get_data()).astype(np.int64)
+                if z.size != 1 or not 0 <= int(z.ravel()[0]) <= 15:
+                    continue
+                import openvino as ov
+                from openvino import opset13 as ops
+
+                zn = ops.convert(_u4_constant(z.reshape(tuple(zconst.get_output_shape(0))), zconst), ov.Type.f16)
+                sub.input(1).replace_source_output(zn.output(0))
+                stats["zp->u4"] += 1
+    if model.has_rt_info(U3_LAYOUT_KEY):
+        model.set_rt_info("widened-u4", U3_LAYOUT_KEY)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def transform(model, target: str = "cpu"):
+    """Rewrite ``model`` in place for ``target`` (``"cpu"`` or ``"widen"``) and return it (see module docstring)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+    layout = model_layout(model)
+    stats: Counter = Counter()
+    if target == "widen":
+        _widen(model, layout, stats)
+    else:
+        factory = _factory()
+        _rewrite_moe(model, factory, layout, stats)
+        _rewrite_matmuls(model, factory, layout, stats)
+        if model.has_rt_info(U3_LAYOUT_KEY):
+            model.set_rt_info("k3", U3_LAYOUT_KEY)
+    model.validate_nodes_and_infer_types()
+    last_stats.clear()
+    last_stats.update(stats)
+    logger.info("transform(%s): %s", target, dict(stats))
+    return model
+
+
+def register(core, device: str | None = None):
+    """Add the nncf_moe3 CPU extension library to ``core``; returns the library path.
+
+    GPU hook: when ``openvino_ext.gpu`` (custom OpenCL kernels, provided separately) is importable, its
+    ``config_path()`` is set as the GPU plugin's ``CONFIG_FILE``.
+    """
+    import importlib.util
+
+    import openvino_ext
+
+    lib = openvino_ext.library_path(build=True)
+    core.add_extension(str(lib))
+    # ---- GPU hook (owned by the GPU engineer): openvino_ext/gpu/__init__.py provides config_path() ----
+    if device in (None, "GPU") and importlib.util.find_spec("openvino_ext.gpu") is not None:
+        from openvino_ext import gpu
+
+        if hasattr(gpu, "config_path") and "GPU" in core.available_devices:
+            core.set_property("GPU", {"CONFIG_FILE": str(gpu.config_path())})
+    return lib

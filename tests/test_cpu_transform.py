@@ -1,0 +1,187 @@
+"""openvino_ext.transform on tiny Qwen3-MoE / Mixtral / Qwen2-MoE IRs compressed by upstream NNCF INT3_SYM and by
+every nncf-moe3 mode: target "cpu" (MatMul3 / MoE3 via the built extension) and "widen" (u3 -> u4, stock OV)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from openvino_ext import u3  # noqa: E402
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+ARCHS = ["qwen3_moe", "mixtral", "qwen2_moe"]
+MODES = ["upstream_int3_sym", "int3_sym", "int3_asym", "nf3"]
+LAYERS = 2  # tiny_config: 2 MoE layers
+# 2-D u3 MatMuls per layer: attention q/k/v/o (+ router for upstream, which compresses it; nncf-moe3 keeps it int8)
+# (+ Qwen2-MoE shared expert gate/up/down and its 1-wide sigmoid gate)
+DENSE_PER_LAYER = {"qwen3_moe": 4, "mixtral": 4, "qwen2_moe": 8}
+
+
+@pytest.fixture(autouse=True)
+def exact_kernels(monkeypatch):
+    """Compare with the untransformed IR in f32: exact kernels (no int8 activation quantization)."""
+    monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "0")
+
+
+@pytest.fixture(scope="module")
+def core():
+    import openvino_ext
+    from openvino_ext.build import BuildError
+
+    c = ov.Core()
+    try:
+        openvino_ext.register(c)
+    except BuildError as e:
+        pytest.skip(f"nncf_moe3 CPU extension cannot be built: {e}")
+    return c
+
+
+def _compress(model, mode, **kw):
+    if mode == "upstream_int3_sym":
+        import nncf
+
+        return nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT3_SYM, group_size=32)
+    import nncf_moe3
+
+    kw.setdefault("group_size", 32)
+    kw.setdefault("dense_mode", "same")  # attention in u3 too, so MatMul3 is exercised on dense weights
+    return nncf_moe3.compress_weights(model.clone(), mode=mode, scale_search=False, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def compressed(tiny_models):
+    return {(a, m): _compress(tiny_models[a][1], m) for a in ARCHS for m in MODES}
+
+
+def _ids(seq=7):
+    return np.random.default_rng(0).integers(0, 128, (1, seq))
+
+
+def _count(model):
+    return Counter(op.get_type_name() for op in model.get_ordered_ops())
+
+
+def _u3_count(model):
+    return sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "u3"
+               for op in model.get_ordered_ops())
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
+    import openvino_ext
+
+    q = compressed[(arch, mode)]
+    ref_cm = core.compile_model(q, "CPU", F32)
+    t = openvino_ext.transform(q.clone(), "cpu")
+    counts = _count(t)
+    assert counts["MoE3"] == LAYERS
+    dense = DENSE_PER_LAYER[arch] + (1 if mode == "upstream_int3_sym" else 0)
+    assert counts["MatMul3"] == LAYERS * dense
+    assert _u3_count(t) == 0
+    cm = core.compile_model(t, "CPU", F32)
+    for seq in (1, 7):  # decode-like and prefill-like token counts
+        ids = _ids(seq)
+        assert _rel(cm(ids)[0], ref_cm(ids)[0]) < 1e-4
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_transform_widen_lossless(core, compressed, arch, mode):
+    import openvino_ext
+
+    q = compressed[(arch, mode)]
+    t = openvino_ext.transform(q.clone(), "widen")
+    assert _u3_count(t) == 0
+    types = Counter(op.get_element_type().get_type_name() for op in t.get_ordered_ops()
+                    if op.get_type_name() == "Constant")
+    assert types["u4"] >= _u3_count(q)
+    ids = _ids()
+    ref = ov.Core().compile_model(q, "CPU", F32)(ids)[0]
+    got = ov.Core().compile_model(t, "CPU", F32)(ids)[0]  # stock Core: no extension needed
+    assert _rel(got, ref) < 1e-5
+
+
+def _repack(model, layout):
+    """Copy of ``model`` whose u3 constants are packed in ``layout`` (and rt_info says so)."""
+    from openvino import opset13 as ops  # noqa: F401
+
+    m = model.clone()
+    for op in list(m.get_ordered_ops()):
+        if op.get_type_name() != "Constant" or op.get_element_type().get_type_name() != "u3":
+            continue
+        shape = list(op.get_output_shape(0))
+        n = int(np.prod(shape)) if shape else 1
+        vals = u3.unpack(u3.constant_bytes(op), n)
+        tensor = ov.Tensor(ov.Type.u3, ov.Shape(shape))
+        raw = tensor.data.view(np.uint8).reshape(-1)
+        packed = u3.pack(vals, layout)
+        raw[:] = 0
+        raw[: min(raw.size, packed.size)] = packed[: raw.size]
+        new = ov.op.Constant(tensor)
+        new.set_friendly_name(op.get_friendly_name())
+        for inp in list(op.output(0).get_target_inputs()):
+            inp.replace_source_output(new.output(0))
+    m.set_rt_info(layout, ["nncf_moe3", "u3_layout"])
+    return m
+
+
+@pytest.mark.parametrize("layout", u3.LAYOUTS)
+def test_transform_reads_both_u3_layouts(core, compressed, layout):
+    import openvino_ext
+
+    q = compressed[("qwen3_moe", "int3_asym")]
+    ids = _ids()
+    ref = core.compile_model(q, "CPU", F32)(ids)[0]
+    for target in ("cpu", "widen"):
+        t = openvino_ext.transform(_repack(q, layout), target)
+        assert _u3_count(t) == 0
+        got = core.compile_model(t, "CPU", F32)(ids)[0]
+        assert _rel(got, ref) < 1e-4, (layout, target)
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(mode="nf3", icq="mse"), "ICQ"),
+    (dict(mode="int3_asym", group_size=16), "not a multiple of 32"),
+    (dict(mode="nf3", double_quant=(6, 2), group_size=16), "double-quantized"),
+])
+def test_unsupported_left_untouched_and_logged(core, tiny_models, caplog, kw, reason):
+    import openvino_ext
+
+    q = _compress(tiny_models["qwen3_moe"][1], kw.pop("mode"), **kw)
+    before = _u3_count(q)
+    with caplog.at_level(logging.INFO, logger="openvino_ext"):
+        t = openvino_ext.transform(q.clone(), "cpu")
+    assert _count(t)["MoE3"] == 0 and _count(t)["MatMul3"] == 0
+    assert _u3_count(t) == before
+    assert any(reason in r.getMessage() for r in caplog.records if r.name == "openvino_ext")
+    ids = _ids()
+    np.testing.assert_allclose(core.compile_model(t, "CPU", F32)(ids)[0], core.compile_model(q, "CPU", F32)(ids)[0])
+
+
+def test_transformed_ir_roundtrip(core, compressed, tmp_path):
+    """A transformed model saves as IR with nncf_moe3 ops and reads back (with the extension) to the same result."""
+    import openvino_ext
+
+    t = openvino_ext.transform(compressed[("mixtral", "int3_sym")].clone(), "cpu")
+    ov.save_model(t, tmp_path / "m.xml", compress_to_fp16=False)
+    back = core.read_model(tmp_path / "m.xml")
+    ids = _ids()
+    assert "MoE3" in _count(back) and "MatMul3" in _count(back)
+    assert _rel(core.compile_model(back, "CPU", F32)(ids)[0], core.compile_model(t, "CPU", F32)(ids)[0]) < 1e-5
+
+
+def test_bad_target(compressed):
+    import openvino_ext
+
+    with pytest.raises(ValueError, match="unknown target"):
+        openvino_ext.transform(compressed[("mixtral", "nf3")].clone(), "npu")
