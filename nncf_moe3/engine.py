@@ -231,7 +231,8 @@ def _compress_one(t: WeightTarget, a: Assignment, stats, recipe: Recipe, report:
         entry["algorithm"] = "rtn+search" if recipe.scale_search else "rtn"
     dq = None
     if a.double_quant is not None:
-        qw, sub, sup = double_quantize_scales(qw, w3, a.double_quant[0], a.double_quant[1])
+        qw, sub, sup = double_quantize_scales(qw, w3, a.double_quant[0], a.double_quant[1],
+                                              reencode=entry["algorithm"] != "gptq")
         dq = (sub, sup)
     if w.ndim == 2:
         qw.codes, qw.scale = qw.codes[0], qw.scale[0]

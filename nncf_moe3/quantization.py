@@ -521,11 +521,13 @@ def gptq(fmt: str, w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
 # Double-quantized scales (Q3_K-style sub-block scales)
 # ---------------------------------------------------------------------------------------------------------------
 def double_quantize_scales(qw: QuantizedWeight, w: torch.Tensor, sub_bits: int = 6, super_groups: int = 16,
-                           importance: torch.Tensor | None = None) -> tuple[QuantizedWeight, torch.Tensor, torch.Tensor]:
+                           importance: torch.Tensor | None = None,
+                           reencode: bool = True) -> tuple[QuantizedWeight, torch.Tensor, torch.Tensor]:
     """Store each group scale as an unsigned ``sub_bits`` integer times one f16 super-scale per ``super_groups``
     consecutive groups of a row (llama.cpp Q3_K uses 16 sub-blocks of 16 weights with 6-bit scales).
 
-    Weights are re-encoded against the stored scales (codes follow the rounded scale). Returns
+    Weights are re-encoded against the stored scales (codes follow the rounded scale) unless ``reencode=False``
+    (GPTQ's error-feedback codes are kept; only the scales move to the stored grid). Returns
     (requantized weight, sub_scale ints ``[..., N, G, 1]``, super_scale ``[..., N, G/super_groups, 1, 1]``).
     Signed int3_sym scales keep their sign in the codes (the sign is folded into the weights' codes by negation).
     """
@@ -543,6 +545,8 @@ def double_quantize_scales(qw: QuantizedWeight, w: torch.Tensor, sub_bits: int =
     wg = group(w.float(), qw.group_size)
     imp = None if importance is None else group(importance.float().unsqueeze(-2), qw.group_size)
     z = qw.zero_point
+    if not reencode:
+        return QuantizedWeight(qw.fmt, qw.codes, s_new, z, qw.group_size), sub.reshape(*s.shape).to(torch.uint8), sup.unsqueeze(-1)
     if qw.fmt == "int3_asym":
         # re-pick the zero point for the stored scale
         best = None

@@ -45,14 +45,19 @@ def _plan(g: int, calib, subset: int):
     ]
     for mode in ("int3_sym", "int3_asym", "nf3"):
         rows += [
-            (f"{mode} g{g} RTN absmax", "ours", ours(mode, scale_search=False)),
+            (f"{mode} g{g} RTN absmax, dense 3-bit", "ours", ours(mode, scale_search=False, dense_mode="same")),
+            (f"{mode} g{g} search, dense 3-bit", "ours", ours(mode, dense_mode="same")),
+            (f"{mode} g{g} GPTQ+search, dense 3-bit", "ours", ours(mode, True, dense_mode="same")),
             (f"{mode} g{g} search (data-free default)", "ours", ours(mode)),
             (f"{mode} g{g} act-weighted search", "ours", ours(mode, True, gptq=False)),
             (f"{mode} g{g} GPTQ+search (default with data)", "ours", ours(mode, True)),
         ]
     rows += [
-        (f"nf3 g{g} GPTQ+search+ICQ(mse)", "ours", ours("nf3", True, icq="mse")),
-        (f"nf3 g{g} GPTQ+search+ICQ(entropy)", "ours", ours("nf3", True, icq="entropy")),
+        (f"nf3 g{g} search+ICQ(mse)", "ours", ours("nf3", icq="mse")),
+        (f"nf3 g{g} search+ICQ(entropy)", "ours", ours("nf3", icq="entropy")),
+        (f"nf3 g{g} GPTQ, dense int8", "ours", ours("nf3", True, dense_mode="int8_asym")),
+        (f"nf3 g{g} GPTQ, no act-order", "ours", ours("nf3", True, act_order=False)),
+        (f"nf3 g{g} GPTQ, sequential", "ours", ours("nf3", True, sequential=True)),
     ]
     return rows
 
@@ -67,11 +72,19 @@ def _dq_plan(calib, subset: int):
                                               dataset=calibration_dataset(m, calib, subset), subset_size=subset)
         return fn
 
+    def fn_mp(mode, bits):
+        def fn(m):
+            return nncf_moe3.compress_weights(m, mode=mode, avg_bits=bits, progress=False,
+                                              dataset=calibration_dataset(m, calib, subset), subset_size=subset)
+        return fn
+
     return [
-        ("nf3 g32 GPTQ, 8-bit sub-scales / 8 groups", "ours", fn_for("nf3", 32, (8, 8))),
-        ("nf3 g32 GPTQ, f16 scales", "ours", fn_for("nf3", 32, None)),
-        ("nf3 g16 GPTQ, 4-bit sub-scales / 16 groups", "ours", fn_for("nf3", 16, (4, 16))),
+        ("nf3 g32 GPTQ, 6-bit sub-scales / 8 groups (3.25 bpw)", "ours", fn_for("nf3", 32, (6, 8))),
+        ("nf3 g32 GPTQ, f16 scales (3.5 bpw)", "ours", fn_for("nf3", 32, None)),
+        ("nf3 g64 GPTQ, 6-bit sub-scales / 8 groups (3.125 bpw)", "ours", fn_for("nf3", 64, (6, 8))),
         ("int3_asym g32 GPTQ, 6-bit sub-scales / 8 groups", "ours", fn_for("int3_asym", 32, (6, 8))),
+        ("nf3 mixed precision avg_bits=3.25 (experts g16..g128)", "ours", fn_mp("nf3", 3.25)),
+        ("int3_asym mixed precision avg_bits=3.3", "ours", fn_mp("int3_asym", 3.3)),
     ]
 
 
@@ -116,7 +129,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/results")
     p.add_argument("--group-sizes", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--subset", type=int, default=64)
+    p.add_argument("--subset", type=int, default=128, help="calibration windows (NNCF's default subset_size)")
     p.add_argument("--skip-gaussian", action="store_true")
     a = p.parse_args(argv)
     out = Path(a.out)
