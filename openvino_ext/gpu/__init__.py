@@ -1,6 +1,6 @@
 """OpenCL kernels for the native 3-bit ops (``MatMul3``, ``MoE3``) and an OpenVINO GPU custom-layer config.
 
-* :func:`kernel_dir` -- folder holding ``k3_common.cl``, ``matmul3.cl``, ``moe3.cl`` (see ``DESIGN.md``).
+* :func:`kernel_dir` -- folder holding ``k3_common.cl``, ``matmul3.cl``, ``moe3.cl`` (see kernel_design_3bit.md §5).
 * :func:`config_path` -- ``custom_layers.xml`` for ``core.set_property("GPU", {"CONFIG_FILE": config_path()})``.
 * :mod:`openvino_ext.gpu.harness` -- runs the same ``.cl`` files through pyopencl on any OpenCL device.
 
