@@ -535,6 +535,7 @@ def double_quantize_scales(qw: QuantizedWeight, w: torch.Tensor, sub_bits: int =
         raise ValueError("double-quantized scales are implemented for int3_asym and nf3 (sign-free scales)")
     s = qw.scale  # [..., N, G, 1] > 0
     G = s.shape[-2]
+    super_groups = min(super_groups, G)  # rows with fewer groups share one super-scale per row
     if G % super_groups:
         raise ValueError(f"{G} groups per row are not a multiple of super_groups={super_groups}")
     levels = 2**sub_bits - 1

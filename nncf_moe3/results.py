@@ -143,8 +143,12 @@ def main(argv=None) -> int:
     for g in a.group_sizes:
         plan += [(g, *r) for r in _plan(g, calib, a.subset)]
     plan += [(None, *r) for r in _dq_plan(calib, a.subset)]
+    cache_file = out / "rows_cache.json"  # resume an interrupted run (delete it to recompute everything)
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     for g, label, kind, fn in plan:
-        row = compress_and_score(fp_xml, label, tokens, ref, fn)
+        row = cache.get(label) or compress_and_score(fp_xml, label, tokens, ref, fn)
+        cache[label] = row
+        cache_file.write_text(json.dumps(cache))
         row.update(kind=kind, group_size=g)
         rows.append(row)
         print(f"  {label}: ppl {row['ppl']:.4f} KL {row['kl']:.4f} bpw {row['bpw_experts']:.3f} "

@@ -224,3 +224,19 @@ def test_mixed_precision_budget(tiny_models, calibrated):
     assert bits_summary(m)["experts"] <= 3.45 + 0.02
     with pytest.raises(ValueError, match="below the cheapest"):
         nncf_moe3.compress_weights(fp_ir.clone(), mode="nf3", avg_bits=3.0, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["nf3", "int3_asym"])
+def test_double_quantized_scales_ir(tiny_models, mode):
+    """Integer sub-scales under an f16 super-scale: IR runs on stock OpenVINO and matches the numpy decode."""
+    torch_model, fp_ir = tiny_models["qwen3_moe"]
+    m = fp_ir.clone()
+    nncf_moe3.compress_weights(m, mode=mode, group_size=16, double_quant=(6, 8), progress=False)
+    subs = [op for op in m.get_ops() if op.get_friendly_name().endswith("/sub_scale")]
+    assert subs and all(op.get_element_type().get_type_name() == "u8" for op in subs)
+    assert all(int(np.asarray(op.get_data()).max()) <= 63 for op in subs)
+    fq = copy.deepcopy(torch_model)
+    load_into_torch(fq, decoded_weights(m))
+    ids = decisive_ids(fq, torch_model.config.vocab_size)
+    ref = _torch_logits(fq, ids)
+    assert np.abs(_ov_logits(m, ids) - ref).max() < 5e-3 * np.abs(ref).max()
