@@ -219,16 +219,10 @@ def prepare(workdir: Path, args):
 # ----------------------------------------------------------------------------------------------------------------
 # measurement (child process)
 # ----------------------------------------------------------------------------------------------------------------
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def child(spec: dict) -> dict:
     import openvino as ov
+
+    from nncf_moe3.measure import rss_mb as _rss_mb
     from openvino import opset13 as ops
 
     import openvino_ext

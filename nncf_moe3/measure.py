@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """Resident set size of this process in MB (Linux /proc)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -40,7 +41,7 @@ def _median_ms(fn, repeats: int) -> float:
 def measure_in_process(xml: str, threads: int = 2, repeats: int = 50, extensions=()) -> dict:
     import openvino as ov
 
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     core = ov.Core()
     for ext in extensions:
         core.add_extension(ext)
@@ -59,7 +60,7 @@ def measure_in_process(xml: str, threads: int = 2, repeats: int = 50, extensions
 
     one, many = feed(1), feed(128)
     request.infer(one)
-    rss1 = _rss_mb()
+    rss1 = rss_mb()
     decode = _median_ms(lambda: request.infer(one), repeats)
     prefill = _median_ms(lambda: request.infer(many), max(3, repeats // 10))
     return {"decode_ms": decode, "prefill_ms": prefill, "rss_mb": rss1, "rss_added_mb": rss1 - rss0}

@@ -18,7 +18,6 @@ grouped weight) weights the squared error: ones for data-free runs, the diagonal
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -401,7 +400,7 @@ def U_from(H: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
 
-def _gptq_act_order(fmt, W, H, U_unused, gs, search, icq, imp_all, block, refit, w_orig, rounds: int = 2):
+def _gptq_act_order(fmt, W, H, gs, search, icq, imp_all, block, refit, w_orig, rounds: int = 2):
     """GPTQ over columns in descending Hessian-diagonal order with static groups: every group's parameters are
     fitted up front on the original weights (activation-weighted), then codes are chosen column by column in
     the permuted order with error feedback."""
@@ -459,8 +458,10 @@ def gptq(fmt: str, w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
          act_order: bool = False) -> QuantizedWeight:
     """GPTQ with error feedback. ``w[B, N, K]`` (B = experts, 1 for a 2-D weight), ``hessian[B, K, K]`` = sum of x x^T.
 
-    Group parameters are fitted when the group is reached (from the error-updated weights), weighting the
-    squared error by the Hessian diagonal. Dead input channels (zero Hessian diagonal) are quantized data-free.
+    Without ``act_order`` group parameters are fitted when the group is reached (from the error-updated weights),
+    weighting the squared error by the Hessian diagonal; with it, see :func:`_gptq_act_order`. ``refit`` re-solves
+    the group scales for the full-Hessian output error at the end (:func:`refit_scales`). Dead input channels
+    (zero Hessian diagonal) are quantized data-free.
     """
     check_weight(w)
     W = w.detach().to(torch.float64).clone()
@@ -476,11 +477,10 @@ def gptq(fmt: str, w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
     mean_diag = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1)
     H[:, idx, idx] += damp * mean_diag[:, None]
     imp_all = torch.diagonal(H, dim1=-2, dim2=-1).to(torch.float32)  # [B, K]
-    U = U_from(H)  # [B, K, K]
-
     G = K // gs
     if act_order:
-        return _gptq_act_order(fmt, W, H, U_from(H), gs, search, icq, imp_all, block, refit, w)
+        return _gptq_act_order(fmt, W, H, gs, search, icq, imp_all, block, refit, w)
+    U = U_from(H)  # [B, K, K]
     codes = torch.zeros(B, N, G, gs, dtype=torch.uint8)
     scale = torch.zeros(B, N, G, 1)
     zp = None
@@ -592,5 +592,5 @@ def gaussian_mse(fmt: str, group_size: int, search: bool = True, icq: str | None
 __all__ = [
     "FORMATS", "NF3_CODEBOOK", "QuantizedWeight", "format_spec", "group", "encode", "dequantize", "quantize_rtn",
     "gptq", "icq_offset", "search_symmetric", "search_asymmetric", "double_quantize_scales", "bits_per_weight",
-    "gaussian_mse", "math",
+    "gaussian_mse", "refit_scales", "ALL_FORMATS",
 ]
