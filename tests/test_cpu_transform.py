@@ -185,3 +185,24 @@ def test_bad_target(compressed):
 
     with pytest.raises(ValueError, match="unknown target"):
         openvino_ext.transform(compressed[("mixtral", "nf3")].clone(), "npu")
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_transform_cpu_with_default_dense_int4(core, tiny_models, arch):
+    """compress_weights defaults (experts 3-bit, dense attention / shared expert INT4_ASYM): experts become MoE3,
+    the u4 dense weights stay stock decompression MatMuls, and logits match the untransformed IR."""
+    import nncf_moe3
+    import openvino_ext
+
+    q = nncf_moe3.compress_weights(tiny_models[arch][1].clone(), mode="nf3", group_size=32, progress=False)
+    u4 = sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "u4"
+             for op in q.get_ordered_ops())
+    assert u4 > 0
+    t = openvino_ext.transform(q.clone(), "cpu")
+    counts = _count(t)
+    assert counts["MoE3"] == LAYERS and counts["MatMul3"] == 0 and _u3_count(t) == 0
+    ref = core.compile_model(q, "CPU", F32)
+    got = core.compile_model(t, "CPU", F32)
+    for seq in (1, 7):
+        ids = _ids(seq)
+        assert _rel(got(ids)[0], ref(ids)[0]) < 1e-4
