@@ -60,6 +60,7 @@ def _plan(g: int, calib, subset: int):
             (f"nf3 g{g} search+ICQ(entropy)", "ours", ours("nf3", icq="entropy")),
             (f"nf3 g{g} GPTQ, dense int8", "ours", ours("nf3", True, dense_mode="int8_asym")),
             (f"nf3 g{g} GPTQ, no act-order", "ours", ours("nf3", True, act_order=False)),
+            (f"nf3 g{g} GPTQ, sequential (layer by layer)", "ours", ours("nf3", True, sequential=True)),
         ]
     return rows
 
@@ -85,6 +86,25 @@ def _dq_plan(calib, subset: int):
         ("nf3 g64 GPTQ, 6-bit sub-scales / 8 groups (3.125 bpw)", "ours", fn_for("nf3", 64, (6, 8))),
         ("nf3 mixed precision avg_bits=3.25 (experts g16..g128)", "ours", fn_mp("nf3", 3.25)),
     ]
+
+
+def expert_calibration_stats(fp_xml, calib, subset: int) -> str:
+    """Routed calibration tokens per expert and how many expert matrices used the pooled-Hessian fallback
+    (nf3 g128 default recipe with data)."""
+    import openvino as ov
+
+    import nncf_moe3
+    from nncf_moe3.baselines import calibration_dataset
+
+    m = ov.Core().read_model(str(fp_xml))
+    nncf_moe3.compress_weights(m, mode="nf3", group_size=128, dataset=calibration_dataset(m, calib, subset),
+                               subset_size=subset, gptq=False, progress=False)
+    rep = nncf_moe3.get_report(m)
+    toks = [t for w in rep["weights"] for t in w.get("tokens_per_expert", [])]
+    return (f"Expert-aware calibration ({subset}x{calib.shape[1]} tokens): routed tokens per expert min {min(toks)}, "
+            f"median {int(np.median(toks))}, max {max(toks)}; {rep['expert_fallbacks']} of {rep['expert_matrices']} "
+            f"expert matrices had fewer than min_expert_tokens={rep['recipe']['min_expert_tokens']} and used the "
+            "layer's pooled Hessian.")
 
 
 def gaussian_table() -> list[dict]:
@@ -167,6 +187,7 @@ def main(argv=None) -> int:
     header = (f"Reference model PTQ results — {machine_name()}, OpenVINO {ov.__version__}; "
               f"{tokens.shape[0]}x{tokens.shape[1]} held-out tokens; calibration {a.subset}x{calib.shape[1]} tokens")
     text = header + "\n\n" + format_table(rows, cols) + "\n"
+    text += "\n" + expert_calibration_stats(fp_xml, calib, a.subset) + "\n"
     if not a.skip_gaussian:
         gt = gaussian_table()
         text += "\n\nN(0,1) weight distortion (1-D groups, f16 scales; Shannon 3-bit bound 0.0156, Lloyd-Max 0.0345)\n\n"
