@@ -53,7 +53,7 @@ class Assignment:
     @property
     def bits(self) -> float:
         if self.fmt == "int8_asym":
-            return 8.0 + 24.0 / 1e9  # per-row scale + zp amortised (reported exactly by ir_stats)
+            return 8.0  # plus a per-row scale and zero point (ir_stats reports the exact figure)
         if self.fmt == "none":
             return 16.0
         return bits_per_weight(self.fmt, self.group_size, bool(self.icq), self.double_quant)

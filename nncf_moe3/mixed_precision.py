@@ -27,9 +27,7 @@ logger = logging.getLogger("nncf_moe3")
 GROUP_CHOICES = (128, 64, 32, 16)
 
 
-def _error(t, fmt, g, stats, icq):
-    w = emit.read_weight(t)
-    w3 = w if w.ndim == 3 else w[None]
+def _error(t, w3, fmt, g, stats, icq):
     d = None
     if stats and t.name in stats:
         st = stats[t.name]
@@ -55,10 +53,12 @@ def assign(targets, assignment, recipe, stats) -> None:
         gs = [g for g in GROUP_CHOICES if k % g == 0]
         if not gs:
             raise ValueError(f"No group size in {GROUP_CHOICES} divides K={k} of {t.name}")
+        w = emit.read_weight(t)  # read once, scored for every group size
+        w3 = w if w.ndim == 3 else w[None]
         opts = []
         for g in gs:
             opts.append((bits_per_weight(recipe.mode, g, bool(recipe.icq), recipe.double_quant), g,
-                         _error(t, recipe.mode, g, stats, recipe.icq)))
+                         _error(t, w3, recipe.mode, g, stats, recipe.icq)))
         opts.sort()  # by bits ascending
         options[t.name] = opts
     n = {t.name: int(torch.tensor(t.shape).prod()) for t in experts}
