@@ -15,7 +15,7 @@ import torch
 
 from nncf_moe3 import emit
 from nncf_moe3.graph import WeightTarget, find_weight_targets
-from nncf_moe3.quantization import bits_per_weight, double_quantize_scales, gptq, quantize_rtn
+from nncf_moe3.quantization import QuantizedWeight, bits_per_weight, double_quantize_scales, gptq, quantize_rtn
 
 logger = logging.getLogger("nncf_moe3")
 
@@ -37,6 +37,7 @@ class Recipe:
     double_quant: tuple | None = None
     min_expert_tokens: int = 64
     avg_bits: float | None = None
+    awq: bool = False  # activation-aware scaling folded into the graph before quantization (nncf_moe3.awq)
     subset_size: int = 128
     progress: bool = True
 
@@ -205,8 +206,22 @@ def _stages(todo: list[WeightTarget]) -> list[list[WeightTarget]]:
     return out + ([rest] if rest else [])
 
 
-def _compress_one(t: WeightTarget, a: Assignment, stats, recipe: Recipe, report: dict) -> None:
-    """Quantize one weight with its assignment, emit its decompression subgraph, record it in the report."""
+def _check_precomputed(t: WeightTarget, a: Assignment, qw: QuantizedWeight) -> None:
+    if qw.fmt != a.fmt or qw.group_size != a.group_size:
+        raise ValueError(f"Precomputed parameters of {t.name!r} are {qw.fmt} g{qw.group_size}, but the recipe "
+                         f"assigns {a.fmt} g{a.group_size} to this weight")
+    shape = tuple(qw.codes.shape[:-2]) + (qw.codes.shape[-2] * qw.codes.shape[-1],)
+    want = tuple(t.nk_shape) if len(t.nk_shape) == 3 else (1,) + tuple(t.nk_shape)
+    if shape != want:
+        raise ValueError(f"Precomputed codes of {t.name!r} have shape {shape}, the weight is {want}")
+
+
+def _compress_one(t: WeightTarget, a: Assignment, stats, recipe: Recipe, report: dict,
+                  precomputed: dict | None = None) -> None:
+    """Quantize one weight with its assignment, emit its decompression subgraph, record it in the report.
+
+    ``precomputed[t.name]`` (a :class:`QuantizedWeight` with a leading expert dim, 1 for 2-D weights), when given,
+    is emitted as is instead of quantizing the weight (QAT export)."""
     entry = {"name": t.name, "shape": list(t.shape), "role": t.role, "format": a.fmt}
     report["weights"].append(entry)
     if a.fmt == "none":
@@ -217,8 +232,13 @@ def _compress_one(t: WeightTarget, a: Assignment, stats, recipe: Recipe, report:
         emit.replace_weight(t, new)
         return
     w3 = w if w.ndim == 3 else w[None]
-    H, tokens = _hessian_for(t, stats, recipe, report)
-    if recipe.gptq and H is not None:
+    H, tokens = (None, None) if precomputed and t.name in precomputed else _hessian_for(t, stats, recipe, report)
+    if precomputed and t.name in precomputed:
+        qw = precomputed[t.name]
+        _check_precomputed(t, a, qw)
+        qw = QuantizedWeight(qw.fmt, qw.codes, qw.scale, qw.zero_point, qw.group_size)  # don't mutate the caller's
+        entry["algorithm"] = "precomputed"
+    elif recipe.gptq and H is not None:
         qw = gptq(a.fmt, w3, H, a.group_size, search=recipe.scale_search, icq=a.icq, act_order=recipe.act_order)
         entry["algorithm"] = "gptq"
     else:
@@ -246,7 +266,8 @@ def _compress_one(t: WeightTarget, a: Assignment, stats, recipe: Recipe, report:
         entry["tokens_per_expert"] = [int(x) for x in tokens]
 
 
-def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_ignored=None, mixed_precision=None):
+def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_ignored=None, mixed_precision=None,
+                    precomputed: dict | None = None):
     from tqdm import tqdm
 
     from nncf_moe3.calibration import collect_statistics
@@ -259,7 +280,7 @@ def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_
     if recipe.avg_bits is None:
         validate_group_sizes(targets, assign)
     need_stats = dataset is not None and (recipe.gptq or recipe.activation_weighted or recipe.avg_bits is not None
-                                          or recipe.ratio < 1.0)
+                                          or recipe.ratio < 1.0 or recipe.awq)
     stats = {}
     if need_stats:
         stat_targets = [t for t in targets if assign.get(t.name) is not None and t.kind == "matmul"]
@@ -280,6 +301,13 @@ def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_
 
     report = {"recipe": {k: v for k, v in asdict(recipe).items() if k != "progress"}, "weights": [],
               "expert_matrices": 0, "expert_fallbacks": 0}
+    if recipe.awq and stats:
+        if precomputed:
+            logger.warning("nncf-moe3: AWQ skipped: precomputed quantization parameters are for the unscaled weights")
+        else:
+            from nncf_moe3.awq import apply_awq
+
+            report["awq"] = apply_awq(model, targets, assign, stats, recipe.min_expert_tokens)
     stages = _stages(todo) if (recipe.sequential and need_stats) else [todo]
     bar = tqdm(total=len(todo), desc=f"compress {recipe.mode}", disable=not recipe.progress, mininterval=2)
     for i, stage in enumerate(stages):
@@ -288,7 +316,7 @@ def run_compression(model, recipe: Recipe, dataset=None, ignored_scope=None, is_
             if stat_targets:
                 stats.update(collect_statistics(model, stat_targets, dataset, recipe.subset_size, progress=False))
         for t in stage:
-            _compress_one(t, assign[t.name], stats, recipe, report)
+            _compress_one(t, assign[t.name], stats, recipe, report, precomputed)
             bar.update(1)
     bar.close()
     emit.stamp_layout(model)
