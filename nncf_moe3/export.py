@@ -19,8 +19,15 @@ layer that feed their MatMuls directly -- no Slice / VariadicSplit between a wei
 it from weight-compression matchers. The router (softmax / top-k / renormalisation) and any shared expert are left
 exactly as transformers computes them. All changes to the torch model are undone after the export.
 
-The exported model is stateless (no KV cache): input ``input_ids`` (i64, ``[batch, seq]``, both dynamic), optionally
-``attention_mask`` (same shape), output ``logits`` (``[batch, seq, vocab]``).
+By default the exported model is stateless (no KV cache): input ``input_ids`` (i64, ``[batch, seq]``, both
+dynamic), optionally ``attention_mask`` (same shape), output ``logits`` (``[batch, seq, vocab]``).
+
+``export_model(..., stateful=True)`` exports the KV-cache form that openvino-genai's ``LLMPipeline`` and
+optimum-intel's ``OVModelForCausalLM`` run (:func:`make_stateful`): inputs ``input_ids [B, S]``,
+``attention_mask [B, P + S]``, ``position_ids [B, S]`` (i64) and ``beam_idx [B]`` (i32), output ``logits``; the
+per-layer key / value caches ``[B, kv_heads, P, head_dim]`` are held in ReadValue / Assign variables (initialised
+to zeros ``[B, kv_heads, 0, head_dim]``, re-ordered by ``Gather(cache, beam_idx, 0)`` on every call). The MoE blocks
+are the same tiled form, so weight compression and ``openvino_ext.transform`` apply unchanged.
 
 Pitfalls found while building this (transformers 5.25, torch 2.13, openvino 2026.4.1):
 
@@ -33,6 +40,12 @@ Pitfalls found while building this (transformers 5.25, torch 2.13, openvino 2026
   spreads to all positions of that sequence in the next layer; ``with_attention_mask=True`` traces eager attention.
 * The CPU plugin's default ``INFERENCE_PRECISION_HINT`` is bf16 on CPUs with AMX / avx512_bf16; compare against
   torch with ``{"INFERENCE_PRECISION_HINT": "f32"}``.
+* Stateful tracing: transformers 5.25 takes the cache as ``cache=`` (``past_key_values=`` is a deprecated alias;
+  the wrapper passes whichever ``forward`` declares).
+  ``DynamicCache(ddp_cache_data)`` fills its layers by ``torch.cat`` onto an empty rank-1 tensor, which the
+  OpenVINO PyTorch frontend cannot convert (Concat axis -2 on rank 1); the wrapper sets the layers' ``keys`` /
+  ``values`` directly instead. The past length must be > 0 in the example input (``get_seq_length`` branches
+  on ``numel() == 0``); the traced graph stays valid for an empty cache (P = 0).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import openvino as ov
 import torch
 
@@ -55,6 +69,7 @@ __all__ = [
     "find_expert_matmuls",
     "find_experts_modules",
     "load_hf_model",
+    "make_stateful",
     "tiny_config",
     "tiled_experts_forward",
 ]
@@ -289,6 +304,130 @@ class _LogitsWrapper(torch.nn.Module):
         return out.logits
 
 
+class _KVCacheWrapper(torch.nn.Module):
+    """Tracing wrapper with an explicit KV cache (the stateful export, before :func:`make_stateful`).
+
+    ``(input_ids, attention_mask, position_ids, past)`` with ``past = ((k_0, v_0), ..., (k_{L-1}, v_{L-1}))``
+    ``[B, kv_heads, P, head_dim]`` -> ``(logits, k'_0, v'_0, ..., k'_{L-1}, v'_{L-1})`` (caches with P + S positions).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        cache = _filled_cache(self.model, past)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{_cache_kwarg(self.model): cache},
+            return_dict=True,
+        )
+        flat = []
+        for layer in cache.layers:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """Name of the cache argument of ``model.forward``: ``cache`` (transformers >= 5.25) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _filled_cache(model: torch.nn.Module, past):
+    """A transformers ``DynamicCache`` for ``model`` holding ``past`` (``[(k, v)]`` per layer) without ``torch.cat``."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if len(cache.layers) != len(past):
+        raise ValueError(f"cache has {len(cache.layers)} layers, got {len(past)} (key, value) pairs")
+    for i, (layer, (k, v)) in enumerate(zip(cache.layers, past)):
+        if type(layer) is not DynamicLayer:  # sliding-window / chunked / shared-KV layers: other cache semantics
+            raise ValueError(
+                f"stateful export supports full-attention layers only; layer {i} has cache {type(layer).__name__} "
+                "(sliding-window or chunked attention)"
+            )
+        if k is not None:
+            layer.keys, layer.values, layer.device, layer.is_initialized = k, v, k.device, True
+    return cache
+
+
+def _cache_shapes(model: torch.nn.Module) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``[(key shape, value shape)]`` per layer of the KV cache after one token of batch 1 (read off a torch run)."""
+    from transformers import DynamicCache
+
+    _filled_cache(model, [(None, None)] * len(DynamicCache(config=model.config).layers))  # layer-type check
+    cache = DynamicCache(config=model.config)
+    ids = torch.zeros(1, 1, dtype=torch.int64)
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{_cache_kwarg(model): cache})
+    shapes = []
+    for i, layer in enumerate(cache.layers):
+        if layer.keys is None or layer.keys.dim() != 4:
+            raise ValueError(f"unexpected KV cache of layer {i}: {type(layer).__name__}")
+        shapes.append((tuple(layer.keys.shape), tuple(layer.values.shape)))
+    return shapes
+
+
+def make_stateful(ov_model: ov.Model, num_layers: int) -> ov.Model:
+    """Turn a traced explicit-cache model into the stateful form genai / optimum-intel run (in place).
+
+    Expects inputs ``input_ids, attention_mask, position_ids, past_key_values.{i}.key / .value`` and outputs
+    ``logits, present.{i}.key / .value`` (``i < num_layers``, caches ``[B, kv_heads, P, head_dim]``). Adds the
+    ``beam_idx`` (i32 ``[B]``) input and a ``Gather(cache, beam_idx, axis 0)`` behind every cache input (the
+    beam-search re-order), then OpenVINO's MakeStateful pass pairs each ``past_key_values.*`` input with its
+    ``present.*`` output as a ReadValue / Assign variable, and every ReadValue gets a zeros
+    ``[B, kv_heads, 0, head_dim]`` initialiser (B read off ``input_ids``) so the first call starts empty.
+    """
+    from openvino import opset13 as ops
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    kv_in = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    kv_out = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    names = {n for port in list(ov_model.inputs) + list(ov_model.outputs) for n in port.get_names()}
+    if "beam_idx" in names:
+        raise ValueError("model already has a beam_idx input")
+    missing = [n for n in kv_in + kv_out if n not in names]
+    if missing:
+        raise ValueError(f"make_stateful: missing cache inputs / outputs {missing[:4]}")
+
+    batch = ov_model.input("input_ids").get_partial_shape()[0]
+    beam_idx = ops.parameter(ov.PartialShape([batch]), ov.Type.i32, name="beam_idx")
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    ov_model.add_parameters([beam_idx])
+    axis0 = ops.constant(np.int64(0))
+    for name in kv_in:
+        port = ov_model.input(name)
+        consumers = list(port.get_target_inputs())
+        gather = ops.gather(port, beam_idx, axis0)
+        for consumer in consumers:
+            consumer.replace_source_output(gather.output(0))
+    ov_model.validate_nodes_and_infer_types()
+
+    apply_make_stateful_transformation(ov_model, dict(zip(kv_in, kv_out)))
+
+    ids_shape = ops.shape_of(ov_model.input("input_ids"), output_type="i64")
+    batch_dim = ops.gather(ids_shape, ops.constant(np.array([0], dtype=np.int64)), axis0)
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "ReadValue":
+            continue
+        pshape = op.get_output_partial_shape(0)
+        if pshape.rank.get_length() != 4 or pshape[1].is_dynamic or pshape[3].is_dynamic:
+            raise RuntimeError(f"ReadValue {op.get_friendly_name()}: expected [?, heads, ?, head_dim], got {pshape}")
+        dims = np.array([pshape[1].get_length(), 0, pshape[3].get_length()], dtype=np.int64)
+        shape = ops.concat([batch_dim, ops.constant(dims)], axis=0)
+        zeros = ops.broadcast(ops.constant(np.array(0, dtype=np.float32), ov.Type.f32), shape)
+        if op.get_output_element_type(0) != ov.Type.f32:
+            zeros = ops.convert(zeros, op.get_output_element_type(0))
+        op.set_arguments([zeros])
+    ov_model.validate_nodes_and_infer_types()
+    return ov_model
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------------
@@ -307,8 +446,12 @@ def export_model(
     seq_len_hint: int = 16,
     compress_to_fp16: bool = True,
     with_attention_mask: bool = False,
+    stateful: bool = False,
 ) -> ov.Model:
-    """Convert a transformers MoE causal LM to a stateless OpenVINO model with tiled-experts MoE blocks.
+    """Convert a transformers MoE causal LM to an OpenVINO model with tiled-experts MoE blocks.
+
+    Stateless by default (one forward over the whole sequence, no KV cache); ``stateful=True`` gives the KV-cache
+    model openvino-genai's ``LLMPipeline`` runs.
 
     Args:
         model_or_path: a checkpoint directory (loaded with :func:`load_hf_model`, float32) or an in-memory
@@ -323,10 +466,21 @@ def export_model(
             without it every token attends causally to all earlier ones (an all-ones mask). With it, attention is
             traced in transformers' "eager" form (additive float mask) instead of SDPA: OpenVINO's SDPA returns
             NaN for fully masked (padding) query rows, which then poisons the whole sequence in the next layer.
-            Position ids are ``0..seq-1`` as in a plain ``model(input_ids, attention_mask)`` call.
+            Position ids are ``0..seq-1`` as in a plain ``model(input_ids, attention_mask)`` call. Ignored when
+            ``stateful`` (the stateful model always has an ``attention_mask`` input).
+        stateful: export the generation form with a KV cache held in OpenVINO state variables (the layout
+            optimum-intel exports and openvino-genai expects): inputs ``input_ids [B, S]``, ``attention_mask
+            [B, P + S]``, ``position_ids [B, S]`` (i64; positions P..P+S-1 of the new tokens) and ``beam_idx [B]``
+            (i32; ``arange(B)`` when not re-ordering beams), output ``logits [B, S, vocab]`` of the new tokens;
+            P is the number of tokens already in the cache (0 after ``InferRequest.reset_state()``). Traced from
+            ``model(..., cache=DynamicCache, use_cache=True)`` with SDPA attention (genai's CPU pipeline rewrites
+            SDPA into PagedAttention). Only full-attention models (no sliding-window / chunked layers). A
+            left-padded batch (mask 0 on the pads, positions counted from the first real token) gave finite logits
+            equal to torch's on a tiny model. See :func:`make_stateful`.
 
     Returns:
-        The ``ov.Model``: inputs ``input_ids`` (and ``attention_mask``), output ``logits [batch, seq, vocab]``.
+        The ``ov.Model``: stateless -- inputs ``input_ids`` (and ``attention_mask``), output ``logits [batch, seq,
+        vocab]``; stateful -- see ``stateful``.
 
     Raises:
         ValueError: if the model has no fused 3-D experts that can be exported in tiled form (the message names
@@ -347,23 +501,27 @@ def export_model(
     vocab_size = model.get_input_embeddings().num_embeddings
     gen = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, vocab_size, (2, seq_len_hint), generator=gen, dtype=torch.int64)
-    example = {"input_ids": input_ids}
-    if with_attention_mask:
-        example["attention_mask"] = torch.ones_like(input_ids)
+    if stateful:
+        ov_model = _convert_stateful(model, input_ids)
+    else:
+        example = {"input_ids": input_ids}
+        if with_attention_mask:
+            example["attention_mask"] = torch.ones_like(input_ids)
 
-    attn = "eager" if with_attention_mask else "sdpa"
-    with _tiled_export_mode(model, attn), torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        ov_model = ov.convert_model(_LogitsWrapper(model), example_input=example)
+        attn = "eager" if with_attention_mask else "sdpa"
+        with _tiled_export_mode(model, attn), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            ov_model = ov.convert_model(_LogitsWrapper(model), example_input=example)
 
-    for inp in ov_model.inputs:  # convert_model keeps traced ranks; make sure batch and seq are dynamic
-        if inp.get_partial_shape().rank.get_length() != 2:
-            raise RuntimeError(f"unexpected input {inp}")
-    ov_model.reshape({inp.get_any_name(): ov.PartialShape([-1, -1]) for inp in ov_model.inputs})
-    ov_model.outputs[0].get_tensor().set_names({"logits"})
+        for inp in ov_model.inputs:  # convert_model keeps traced ranks; make sure batch and seq are dynamic
+            if inp.get_partial_shape().rank.get_length() != 2:
+                raise RuntimeError(f"unexpected input {inp}")
+        ov_model.reshape({inp.get_any_name(): ov.PartialShape([-1, -1]) for inp in ov_model.inputs})
+        ov_model.outputs[0].get_tensor().set_names({"logits"})
     ov_model.set_rt_info(_model_type(model), ["nncf_moe3", "model_type"])
     ov_model.set_rt_info("tiled_experts", ["nncf_moe3", "moe_form"])
+    ov_model.set_rt_info("stateful" if stateful else "stateless", ["nncf_moe3", "kv_cache"])
 
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -373,6 +531,57 @@ def export_model(
         if "config.json" not in copied and hasattr(model, "config") and not (output_dir / "config.json").exists():
             model.config.to_json_file(str(output_dir / "config.json"))
     return ov_model
+
+
+def _convert_stateful(model: torch.nn.Module, input_ids: torch.Tensor) -> ov.Model:
+    """Trace ``model`` with an explicit KV cache (:class:`_KVCacheWrapper`) and make the result stateful."""
+    batch, seq = input_ids.shape
+    past_len = 3  # > 0: an empty cache would be traced as a special case
+    with _tiled_export_mode(model, "sdpa"), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        shapes = _cache_shapes(model)
+        gen = torch.Generator().manual_seed(1)
+        past = tuple(
+            (
+                torch.randn((batch, ks[1], past_len, ks[3]), generator=gen),
+                torch.randn((batch, vs[1], past_len, vs[3]), generator=gen),
+            )
+            for ks, vs in shapes
+        )
+        example = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones(batch, past_len + seq, dtype=torch.int64),
+            "position_ids": torch.arange(past_len, past_len + seq, dtype=torch.int64).expand(batch, seq),
+            "past": past,
+        }
+        ov_model = ov.convert_model(_KVCacheWrapper(model), example_input=example)
+
+    num_layers = len(shapes)
+    if len(ov_model.inputs) != 3 + 2 * num_layers or len(ov_model.outputs) != 1 + 2 * num_layers:
+        raise RuntimeError(
+            f"stateful trace: expected {3 + 2 * num_layers} inputs / {1 + 2 * num_layers} outputs, "
+            f"got {len(ov_model.inputs)} / {len(ov_model.outputs)}"
+        )
+    new_shapes = {}
+    for j, inp in enumerate(ov_model.inputs):
+        if j < 3:
+            name = ("input_ids", "attention_mask", "position_ids")[j]
+            new_shapes[inp] = ov.PartialShape([-1, -1])
+        else:
+            layer, kv = divmod(j - 3, 2)
+            name = f"past_key_values.{layer}.{('key', 'value')[kv]}"
+            ref = shapes[layer][kv]
+            new_shapes[inp] = ov.PartialShape([-1, ref[1], -1, ref[3]])
+        inp.get_tensor().set_names({name})
+    for j, out in enumerate(ov_model.outputs):
+        if j == 0:
+            out.get_tensor().set_names({"logits"})
+        else:
+            layer, kv = divmod(j - 1, 2)
+            out.get_tensor().set_names({f"present.{layer}.{('key', 'value')[kv]}"})
+    ov_model.reshape(new_shapes)
+    return make_stateful(ov_model, num_layers)
 
 
 def copy_tokenizer_files(source_dir: str | Path, output_dir: str | Path) -> set[str]:

@@ -70,8 +70,8 @@ STATE_ATTR = "_nncf_moe3_qat"
 # Fake quantization with LSQ step learning
 # ---------------------------------------------------------------------------------------------------------------
 def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
-    """Identity in the forward pass, gradient multiplied by ``g`` (LSQ)."""
-    return (x - x * g).detach() + x * g
+    """Identity in the forward pass (exactly), gradient multiplied by ``g`` (LSQ)."""
+    return x.detach() + (x * g - (x * g).detach())
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ def fake_quantize(fmt: str, w: torch.Tensor, scale: torch.Tensor, zero_point: to
     """
     wg = group(w, group_size)
     s = scale if grad_scale is None else _grad_scale(scale, grad_scale)
-    s = s + (f16_round(s) - s).detach()
+    s = f16_round(s.detach()) + (s - s.detach())  # value exactly the f16 scale, gradient to the f32 parameter
     x = wg / s
     if fmt == "int3_sym":
         q = _round_ste(torch.clamp(x, -4.0, 3.0))
@@ -273,7 +273,7 @@ def plan(model: nn.Module, config: QATConfig) -> dict:
     """Per-parameter precision, decided by the PTQ engine's role rules on the exported graph:
     ``{param path: (Assignment, [(ov name, half)])}``."""
     from nncf_moe3.api import _ignored
-    from nncf_moe3.engine import Recipe, assign_precisions
+    from nncf_moe3.engine import Recipe, assign_precisions, validate_group_sizes
     from nncf_moe3.export import export_model
     from nncf_moe3.graph import find_weight_targets
 
@@ -281,6 +281,7 @@ def plan(model: nn.Module, config: QATConfig) -> dict:
     targets = find_weight_targets(ov_model)
     recipe = Recipe(mode=config.mode, group_size=config.group_size, dense_mode=config.dense_mode, progress=False)
     assign = assign_precisions(ov_model, targets, recipe, None, _ignored)
+    validate_group_sizes(targets, assign)
     params = dict(model.named_parameters())
     out: dict = {}
     for t in targets:
@@ -571,11 +572,12 @@ def export_openvino(model, output_dir: str | Path | None = None, *, tokenizer_so
 
     st = _state(model)
     precomputed = quantized_weights(model)
-    with _plain(model, merged=False) as fp:
-        ov_model = export_model(fp)
     cfg = st.config
     recipe = Recipe(mode=cfg.mode, group_size=cfg.group_size, dense_mode=cfg.dense_mode, progress=progress)
-    report = run_compression(ov_model, recipe, is_ignored=_ignored, precomputed=precomputed)
+    # convert_model shares weight memory with the torch tensors: compress before the QAT values are put back.
+    with _plain(model, merged=False) as fp:
+        ov_model = export_model(fp)
+        report = run_compression(ov_model, recipe, is_ignored=_ignored, precomputed=precomputed)
     missing = [w["name"] for w in report["weights"]
                if w["format"] not in ("int8_asym", "none") and w.get("algorithm") != "precomputed"]
     if missing:
