@@ -1,7 +1,7 @@
 """3-bit LoRA-QAT of a transformers MoE model, exported to an OpenVINO IR with u3 weights.
 
 Defaults: the embedded reference model and its training corpus (the Python standard library's training split),
-int3_asym g64 experts, LoftQ init rank 8, LSQ scales, KL distillation from the fp model, a 15-minute budget on the
+int3_asym g64 experts starting from the data-aware PTQ (GPTQ) solution, LoftQ init rank 8, LSQ scales, KL distillation from the fp model, a 15-minute budget on the
 CPU. Any HF MoE checkpoint directory (Qwen3-MoE, Mixtral, Qwen2-MoE) and any text file/folder can be given::
 
     python examples/qat_lora_3bit.py --out out/qat                     # reference model, ~16 min on 2 cores
@@ -37,6 +37,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--init", default="loftq", choices=["zeros", "loftq", "pissa"])
     ap.add_argument("--no-lsq", action="store_true", help="keep the initial (searched) scales fixed")
+    ap.add_argument("--start", default="ptq", choices=["ptq", "rtn"],
+                    help="ptq (default): start from nncf_moe3.compress_weights' data-aware default (GPTQ) computed "
+                         "on --calib-windows training windows; rtn: from round-to-nearest with searched scales")
+    ap.add_argument("--calib-windows", type=int, default=128)
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: as many as --minutes allow)")
     ap.add_argument("--minutes", type=float, default=15.0, help="training time budget (default 15)")
     ap.add_argument("--batch", type=int, default=8)
@@ -86,10 +90,25 @@ def main(argv=None) -> int:
     teacher = copy.deepcopy(model)
     ref = reference_logprobs(teacher, eval_tokens)
     fp = evaluate_torch(teacher, eval_tokens, ref)
-    qat.prepare(model, args.mode, args.group_size, rank=args.rank, init=args.init, lsq=not args.no_lsq)
+    ptq_ir = None
+    if args.start == "ptq":
+        import nncf_moe3
+        from nncf_moe3.baselines import calibration_dataset
+        from nncf_moe3.export import export_model
+
+        calib = reference.calib_tokens(model_dir) if not (args.model or args.data) else \
+            data.make_windows(stream, args.seq_len, args.calib_windows, seed=4321).astype(np.int64)
+        t0 = time.time()
+        ptq_ir = export_model(teacher)
+        nncf_moe3.compress_weights(ptq_ir, mode=args.mode, group_size=args.group_size,
+                                   dataset=calibration_dataset(ptq_ir, calib, args.calib_windows),
+                                   subset_size=args.calib_windows)
+        print(f"PTQ start (GPTQ, {args.calib_windows} windows) in {time.time() - t0:.0f} s", flush=True)
+    qat.prepare(model, args.mode, args.group_size, rank=args.rank, init=args.init, lsq=not args.no_lsq,
+                init_from=ptq_ir)
     with parametrize.cached():
         start = evaluate_torch(model, eval_tokens, ref)
-    print(f"fp ppl {fp.ppl:.4f}; start (no training) ppl {start.ppl:.4f} KL {start.kl:.4f}", flush=True)
+    print(f"fp ppl {fp.ppl:.4f}; start ({args.start}, no training) ppl {start.ppl:.4f} KL {start.kl:.4f}", flush=True)
 
     accelerator = None
     if args.accelerate:
@@ -108,7 +127,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "model": str(model_dir), "mode": args.mode, "group_size": args.group_size, "rank": args.rank,
-        "init": args.init, "lsq": not args.no_lsq, "lr": args.lr, "scale_lr": args.scale_lr, "batch": args.batch,
+        "init": args.init, "start": args.start, "lsq": not args.no_lsq, "lr": args.lr, "scale_lr": args.scale_lr, "batch": args.batch,
         "seq_len": args.seq_len, "steps": res.steps, "train_minutes": round(res.seconds / 60, 2),
         "threads": torch.get_num_threads(), "eval_windows": int(eval_tokens.shape[0]),
         "fp": {"ppl": fp.ppl}, "start": {"ppl": start.ppl, "kl": start.kl},

@@ -124,7 +124,7 @@ class FQLoRA(nn.Module):
     ``[E, N, K]`` weight; ``W`` is the frozen original tensor handed in by ``torch.nn.utils.parametrize``."""
 
     def __init__(self, fmt: str, group_size: int, weight: torch.Tensor, rank: int, init: str, lsq: bool = True,
-                 lora_scale: float = 1.0, loftq_iters: int = 2, seed: int = 0):
+                 lora_scale: float = 1.0, loftq_iters: int = 2, seed: int = 0, start: QuantizedWeight | None = None):
         super().__init__()
         self.fmt, self.group_size, self.rank, self.init = fmt, int(group_size), int(rank), init
         self.lora_scale, self.lsq = float(lora_scale), bool(lsq)
@@ -134,7 +134,23 @@ class FQLoRA(nn.Module):
         e, n, k = w3.shape
         r = min(self.rank, n, k)
         gen = torch.Generator().manual_seed(seed)
-        if init == "zeros" or r == 0:
+        if start is not None:  # start from a PTQ solution Q (e.g. GPTQ): merged weight at init = Q
+            q0 = start.dequantize().float()
+            if q0.shape != w3.shape:
+                raise ValueError(f"PTQ start has shape {tuple(q0.shape)}, weight {tuple(w3.shape)}")
+            if init == "pissa":
+                raise ValueError("init='pissa' cannot start from a PTQ model")
+            if init == "loftq":  # one LoftQ step with the PTQ quantizer: B·A = SVD_r(W - Q)
+                u, sv, vh = torch.linalg.svd(w3 - q0, full_matrices=False)
+                root = sv[..., :r].sqrt()
+                b = u[..., :r] * root[..., None, :]
+                a = root[..., :, None] * vh[..., :r, :]
+            else:
+                b = torch.zeros(e, n, r)
+                a = torch.randn(e, r, k, generator=gen) / math.sqrt(k)
+            base = q0 - b @ a
+            b, a = b / math.sqrt(self.lora_scale), a / math.sqrt(self.lora_scale)
+        elif init == "zeros" or r == 0:
             b = torch.zeros(e, n, r)
             a = torch.randn(e, r, k, generator=gen) / math.sqrt(k)
             base = w3
@@ -152,7 +168,7 @@ class FQLoRA(nn.Module):
         else:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         merged0 = base if self.adapter_outside else w3
-        qw = quantize_rtn(fmt, merged0, group_size, search=True)
+        qw = start if start is not None else quantize_rtn(fmt, merged0, group_size, search=True)
         self.A = nn.Parameter(a.reshape(*w.shape[:-2], r, k).contiguous())
         self.B = nn.Parameter(b.reshape(*w.shape[:-2], n, r).contiguous())
         sc = qw.scale.reshape(*w.shape[:-1], -1, 1)
@@ -222,6 +238,48 @@ def loftq(fmt: str, w: torch.Tensor, rank: int, group_size: int, iters: int = 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Starting from a PTQ model
+# ---------------------------------------------------------------------------------------------------------------
+def read_quantized(ov_model, name: str, fmt: str, group_size: int) -> QuantizedWeight:
+    """Codes / scales / zero points of weight ``name`` in an IR compressed by :func:`nncf_moe3.compress_weights`
+    (the emitter's node names ``{name}``, ``{name}/scale``, ``{name}/zero_point``), with a leading expert dim."""
+    from nncf_moe3.decode import _const_value
+
+    nodes = {op.get_friendly_name(): op for op in ov_model.get_ops() if op.get_type_name() == "Constant"}
+    if name not in nodes or f"{name}/scale" not in nodes:
+        raise ValueError(f"init_from: weight {name!r} is not an nncf-moe3 compressed weight in the given IR")
+    codes = _const_value(nodes[name])
+    scale = _const_value(nodes[f"{name}/scale"]).astype(np.float32)
+    if codes.ndim != scale.ndim or codes.shape[-1] != group_size or scale.shape[-1] != 1:
+        raise ValueError(f"init_from: {name!r} is not {fmt} with group size {group_size} and plain f16 scales "
+                         f"(codes {codes.shape}, scales {scale.shape}); double-quantized scales are not supported")
+    zp = None
+    if fmt in _ASYM_QMAX:
+        zp = torch.from_numpy(_const_value(nodes[f"{name}/zero_point"]).astype(np.float32))
+    elif fmt == "nf3" and f"{name}/zero_point" in nodes:
+        raise ValueError(f"init_from: {name!r} uses an ICQ offset, which QAT does not support")
+    lead = (1,) if codes.ndim == 3 else ()
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).reshape(*lead, *a.shape)  # noqa: E731
+    return QuantizedWeight(fmt, t(codes.astype(np.uint8)), t(scale), None if zp is None else zp.reshape(*lead, *zp.shape),
+                           group_size)
+
+
+def _join_halves(module, parts: dict, n_rows: int) -> QuantizedWeight:
+    """Gate/up QuantizedWeights back into the fused ``gate_up_proj`` row order."""
+    g, u = parts["gate"], parts["up"]
+    out = []
+    for a, b in ((g.codes, u.codes), (g.scale, u.scale), (g.zero_point, u.zero_point)):
+        if a is None:
+            out.append(None)
+            continue
+        full = torch.empty(a.shape[0], n_rows, *a.shape[2:], dtype=a.dtype)
+        full[:, _half_index(module, n_rows, "gate")] = a
+        full[:, _half_index(module, n_rows, "up")] = b
+        out.append(full)
+    return QuantizedWeight(g.fmt, out[0], out[1], out[2], g.group_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Preparing a model
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
@@ -236,6 +294,7 @@ class QATConfig:
     dense_mode: str = "int4_asym"
     dense_rank: int | None = None  # rank of the dense-weight adapters (default: ``rank``)
     seed: int = 0
+    ptq_start: bool = False  # started from a PTQ IR (init_from)
 
 
 @dataclass
@@ -300,13 +359,18 @@ def plan(model: nn.Module, config: QATConfig) -> dict:
 
 def prepare(model: nn.Module, mode: str = "int3_asym", group_size: int = 64, *, rank: int = 8, init: str = "loftq",
             lsq: bool = True, lora_scale: float = 1.0, loftq_iters: int = 2, dense_mode: str = "int4_asym",
-            dense_rank: int | None = None, seed: int = 0, progress: bool = True) -> nn.Module:
+            dense_rank: int | None = None, seed: int = 0, init_from=None, progress: bool = True) -> nn.Module:
     """Insert FQ(W + s·B·A) parametrizations into ``model`` (in place) and freeze everything but adapters and scales.
 
     Precisions follow :func:`nncf_moe3.compress_weights`' MoE role defaults: routed-expert tensors get ``mode`` /
     ``group_size``; dense always-active weights (attention, shared experts) get ``dense_mode`` (int4_asym g128 by
     default, or ``"same"``); router, embedding and lm_head are INT8_ASYM per row and stay frozen (their weights are
     replaced by the INT8 dequantized values, restored at export). Returns ``model``.
+
+    ``init_from``: an IR (``ov.Model`` or path) of the same model compressed by :func:`nncf_moe3.compress_weights`
+    with the same mode / group size (e.g. the data-aware GPTQ default). QAT then starts from that PTQ solution —
+    its codes and scales — as NNCF's QAT recipe starts from an AWQ+SE-compressed model; the frozen base is the PTQ
+    weight (minus the LoftQ adapter ``SVD_r(W − Q)`` for ``init="loftq"``).
     """
     from tqdm import tqdm
 
@@ -322,10 +386,27 @@ def prepare(model: nn.Module, mode: str = "int3_asym", group_size: int = 64, *, 
     if hasattr(model, STATE_ATTR):
         raise ValueError("model is already prepared for QAT")
     config = QATConfig(mode, int(group_size), int(rank), init, bool(lsq), float(lora_scale), int(loftq_iters),
-                       dense_mode, dense_rank, seed)
+                       dense_mode, dense_rank, seed, init_from is not None)
     for name, p in model.named_parameters():
         check_weight(p.detach(), name)
     decided = plan(model, config)
+    if init_from is not None:
+        import openvino as ov
+
+        from nncf_moe3.emit import check_layout
+
+        ptq_model = ov.Core().read_model(str(init_from)) if isinstance(init_from, (str, Path)) else init_from
+        check_layout(ptq_model)
+        starts = {}
+        for path, (a, names) in decided.items():
+            if a.fmt == "int8_asym":
+                continue
+            parts = {half: read_quantized(ptq_model, name, a.fmt, a.group_size) for name, half in names}
+            if None in parts:
+                starts[path] = parts[None]
+            else:
+                module, attr = _owner(model, path)
+                starts[path] = _join_halves(module, parts, getattr(module, attr).shape[1])
     state = _QATState(config)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -343,8 +424,9 @@ def prepare(model: nn.Module, mode: str = "int3_asym", group_size: int = 64, *, 
         if a.double_quant is not None or a.icq:
             raise ValueError(f"QAT does not support double-quantized scales / ICQ ({path})")
         r = config.rank if a.fmt == config.mode and w.dim() == 3 else (dense_rank or config.rank)
+        start = starts[path] if init_from is not None else None
         fq = FQLoRA(a.fmt, a.group_size, w, r, init, lsq=lsq, lora_scale=lora_scale, loftq_iters=loftq_iters,
-                    seed=seed + i)
+                    seed=seed + i, start=start)
         with torch.no_grad():
             w.copy_(fq._base_init.to(w.dtype))
         del fq._base_init

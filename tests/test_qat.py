@@ -175,3 +175,24 @@ def test_bad_input(tiny_models):
     qat.prepare(model, "int3_asym", 16, rank=2, init="zeros", progress=False)
     with pytest.raises(ValueError, match="already prepared"):
         qat.prepare(model, "int3_asym", 16)
+
+
+@pytest.mark.parametrize("mode,arch", [("int3_asym", "qwen3_moe"), ("nf3", "qwen2_moe"), ("int3_sym", "mixtral")])
+@pytest.mark.parametrize("init", ["zeros", "loftq"])
+def test_start_from_ptq_ir(tiny_models, mode, arch, init):
+    """init_from=<GPTQ-compressed IR>: the untrained QAT model and its export reproduce the PTQ IR."""
+    from test_compress import _dataset
+
+    model = _fresh(tiny_models, arch)
+    ptq = tiny_models[arch][1].clone()
+    nncf_moe3.compress_weights(ptq, mode=mode, group_size=16, dataset=_dataset(model.config.vocab_size), progress=False)
+    qat.prepare(model, mode, 16, rank=4, init=init, init_from=ptq, progress=False)
+    ids = decisive_ids(tiny_models[arch][0], model.config.vocab_size, shape=(2, 9))
+    core = ov.Core()
+    want = core.compile_model(ptq, "CPU", F32)({"input_ids": ids})[0]
+    got = core.compile_model(qat.export_openvino(model, progress=False), "CPU", F32)({"input_ids": ids})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    torch_logits = _logits(model, ids)
+    assert np.abs(torch_logits - want).max() < 5e-3 * np.abs(want).max()
+    with pytest.raises(ValueError, match="not .* with group size 32|not an nncf-moe3"):
+        qat.prepare(_fresh(tiny_models, arch), mode, 32, init_from=ptq, progress=False)
