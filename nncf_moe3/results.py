@@ -1,7 +1,8 @@
 """``nncf-moe3 results``: the PTQ results table of SUMMARY.md, reproduced in one run.
 
 For group sizes 64 and 128 on the reference model: upstream NNCF INT3_SYM (RTN, AWQ+SE, GPTQ) and every
-nncf-moe3 mode x algorithm (absmax RTN, searched scales, activation-weighted search, GPTQ = default with data),
+nncf-moe3 mode x algorithm (absmax RTN, searched scales, activation-weighted search, GPTQ = default with data,
+the same + ``awq=True``),
 plus NF3 + ICQ and double-quantized-scale variants; held-out ppl, KL to fp, bits per expert weight; the share
 of the best upstream INT3_SYM's gap closed; N(0,1) distortion per quantizer; and a plot (ppl vs bits/weight).
 
@@ -51,6 +52,7 @@ def _plan(g: int, calib, subset: int):
             (f"{mode} g{g} GPTQ+search, dense 3-bit", "ours", ours(mode, True, dense_mode="same")),
             (f"{mode} g{g} search (data-free default)", "ours", ours(mode)),
             (f"{mode} g{g} GPTQ+search (default with data)", "ours", ours(mode, True)),
+            (f"{mode} g{g} AWQ + GPTQ+search (default with data, awq=True)", "ours", ours(mode, True, awq=True)),
         ]
     if full:
         rows += [
