@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--init", default="loftq", choices=["zeros", "loftq", "pissa"])
     ap.add_argument("--no-lsq", action="store_true", help="keep the initial (searched) scales fixed")
+    ap.add_argument("--train-norms", action="store_true", help="also train the float RMSNorm weights")
     ap.add_argument("--start", default="ptq", choices=["ptq", "rtn"],
                     help="ptq (default): start from nncf_moe3.compress_weights' data-aware default (GPTQ) computed "
                          "on --calib-windows training windows; rtn: from round-to-nearest with searched scales")
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
                                    subset_size=args.calib_windows)
         print(f"PTQ start (GPTQ, {args.calib_windows} windows) in {time.time() - t0:.0f} s", flush=True)
     qat.prepare(model, args.mode, args.group_size, rank=args.rank, init=args.init, lsq=not args.no_lsq,
-                init_from=ptq_ir)
+                init_from=ptq_ir, train_norms=args.train_norms)
     with parametrize.cached():
         start = evaluate_torch(model, eval_tokens, ref)
     print(f"fp ppl {fp.ppl:.4f}; start ({args.start}, no training) ppl {start.ppl:.4f} KL {start.kl:.4f}", flush=True)
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "model": str(model_dir), "mode": args.mode, "group_size": args.group_size, "rank": args.rank,
-        "init": args.init, "start": args.start, "lsq": not args.no_lsq, "lr": args.lr, "scale_lr": args.scale_lr, "batch": args.batch,
+        "init": args.init, "start": args.start, "lsq": not args.no_lsq, "train_norms": args.train_norms, "lr": args.lr, "scale_lr": args.scale_lr, "batch": args.batch,
         "seq_len": args.seq_len, "steps": res.steps, "train_minutes": round(res.seconds / 60, 2),
         "threads": torch.get_num_threads(), "eval_windows": int(eval_tokens.shape[0]),
         "fp": {"ppl": fp.ppl}, "start": {"ppl": start.ppl, "kl": start.kl},

@@ -295,6 +295,7 @@ class QATConfig:
     dense_rank: int | None = None  # rank of the dense-weight adapters (default: ``rank``)
     seed: int = 0
     ptq_start: bool = False  # started from a PTQ IR (init_from)
+    train_norms: bool = False  # also train the (float, unquantized) RMSNorm weights
 
 
 @dataclass
@@ -359,7 +360,8 @@ def plan(model: nn.Module, config: QATConfig) -> dict:
 
 def prepare(model: nn.Module, mode: str = "int3_asym", group_size: int = 64, *, rank: int = 8, init: str = "loftq",
             lsq: bool = True, lora_scale: float = 1.0, loftq_iters: int = 2, dense_mode: str = "int4_asym",
-            dense_rank: int | None = None, seed: int = 0, init_from=None, progress: bool = True) -> nn.Module:
+            dense_rank: int | None = None, seed: int = 0, init_from=None, train_norms: bool = False,
+            progress: bool = True) -> nn.Module:
     """Insert FQ(W + s·B·A) parametrizations into ``model`` (in place) and freeze everything but adapters and scales.
 
     Precisions follow :func:`nncf_moe3.compress_weights`' MoE role defaults: routed-expert tensors get ``mode`` /
@@ -386,7 +388,7 @@ def prepare(model: nn.Module, mode: str = "int3_asym", group_size: int = 64, *, 
     if hasattr(model, STATE_ATTR):
         raise ValueError("model is already prepared for QAT")
     config = QATConfig(mode, int(group_size), int(rank), init, bool(lsq), float(lora_scale), int(loftq_iters),
-                       dense_mode, dense_rank, seed, init_from is not None)
+                       dense_mode, dense_rank, seed, init_from is not None, bool(train_norms))
     for name, p in model.named_parameters():
         check_weight(p.detach(), name)
     decided = plan(model, config)
@@ -433,8 +435,22 @@ def prepare(model: nn.Module, mode: str = "int3_asym", group_size: int = 64, *, 
         parametrize.register_parametrization(module, attr, fq, unsafe=True)
         module.parametrizations[attr].original.requires_grad_(False)
         state.targets[path] = names
+    if train_norms:
+        for _, p in norm_parameters(model):
+            p.requires_grad_(True)
     setattr(model, STATE_ATTR, state)
     return model
+
+
+def norm_parameters(model) -> list[tuple[str, nn.Parameter]]:
+    """``(name, weight)`` of the RMSNorm / LayerNorm modules (kept in float in the IR, so trainable for free)."""
+    out = []
+    for name, mod in model.named_modules():
+        cls = type(mod).__name__.lower()
+        w = getattr(mod, "weight", None)
+        if ("rmsnorm" in cls or "layernorm" in cls) and isinstance(w, nn.Parameter):
+            out.append((f"{name}.weight", w))
+    return out
 
 
 def _state(model) -> _QATState:
@@ -491,7 +507,7 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
     """Distil ``teacher`` (the fp model) into the prepared ``model``: KL on logits (+ ``ce_weight`` × CE).
 
     ``tokens`` is a 1-D training token stream (random windows of ``seq_len``) or ``[n, seq_len]`` windows.
-    Stops after ``steps`` steps or ``max_minutes`` (whichever comes first; at least one must be set). AdamW on the
+    Trains the adapters, the LSQ scales and (``prepare(train_norms=True)``) the norm weights. Stops after ``steps`` steps or ``max_minutes`` (whichever comes first; at least one must be set). AdamW on the
     adapters (``lr``) and LSQ scales (``scale_lr``, default ``lr``), cosine decay after ``warmup`` steps, gradient
     norm clipped to ``grad_clip`` (IR-QLoRA's 0.3). With an HF ``accelerate.Accelerator`` the model, optimizer and
     backward go through it (multi-process data parallel is then ``accelerate launch``'s job).
@@ -504,6 +520,8 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
     rng = np.random.default_rng(seed)
     fqs = quantizers(model)
     adapters = [p for fq in fqs.values() for p in (fq.A, fq.B)]
+    if _state(model).config.train_norms:
+        adapters += [p for _, p in norm_parameters(model)]
     scales = [fq.scale for fq in fqs.values() if isinstance(fq.scale, nn.Parameter)]
     groups = [{"params": adapters, "lr": lr}]
     if scales:

@@ -196,3 +196,19 @@ def test_start_from_ptq_ir(tiny_models, mode, arch, init):
     assert np.abs(torch_logits - want).max() < 5e-3 * np.abs(want).max()
     with pytest.raises(ValueError, match="not .* with group size 32|not an nncf-moe3"):
         qat.prepare(_fresh(tiny_models, arch), mode, 32, init_from=ptq, progress=False)
+
+
+def test_train_through_accelerate(tiny_models):
+    """The multi-process path: HF accelerate's Accelerator wraps model/optimizer/backward (one CPU process here)."""
+    from accelerate import Accelerator
+
+    model = _fresh(tiny_models, "qwen3_moe")
+    teacher = copy.deepcopy(model)
+    ids = decisive_ids(teacher, model.config.vocab_size, shape=(2, 12))
+    qat.prepare(model, "int3_sym", 16, rank=2, init="loftq", progress=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    res = qat.train(model, teacher, ids, steps=3, max_minutes=None, batch_size=2, lr=1e-3, progress=False,
+                    accelerator=Accelerator(cpu=True))
+    assert res.steps == 3
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed
