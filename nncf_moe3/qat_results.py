@@ -4,7 +4,7 @@ scales. Prints a markdown table (held-out ppl, KL, wall time) — the SUMMARY.md
     python -m nncf_moe3.qat_results --steps 200 --out out/qat_ablation
 
 Every row trains the same number of steps on the same batches (seeded) from the same fp model, distilling from it,
-with the example's defaults (int3_asym g64, rank 8, lr 5e-4, LSQ scale lr 2e-5, batch 8 × 256). Rows with the PTQ
+with the example's defaults (int3_asym g64, rank 8, lr 2e-3, LSQ scale lr 1e-4, KL + 0.1 CE, batch 8 × 256). Rows with the PTQ
 start begin from ``compress_weights(..., dataset=calibration)``'s GPTQ solution; "RTN" rows from round-to-nearest with
 searched scales. PiSSA keeps its adapter in full precision and is evaluated in torch only (its extra bits are listed).
 """
