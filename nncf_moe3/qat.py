@@ -581,7 +581,7 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
         step += 1
         bar.update(1)
         if progress and step % log_every == 0:
-            bar.set_postfix(kl=f"{np.mean(history[-log_every:]):.4f}")
+            bar.set_postfix(loss=f"{np.mean(history[-log_every:]):.4f}")
     bar.close()
     model.eval()
     return TrainResult(step, round(time.time() - t0, 1), step * batch_size * seq_len, first or float("nan"),
