@@ -242,6 +242,14 @@ def child(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     k = spec["k"]
     out = {"compile_s": compile_s}
+    prof = None
+    if spec["custom"]:  # time spent inside the MoE3 ops (extension's per-phase profile, C entry point)
+        import ctypes
+
+        prof = ctypes.CDLL(str(openvino_ext.library_path())).nncf_moe3_profile
+        prof.restype = ctypes.c_int64
+        prof.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_int]
+        prof(None, 1, 1)
     for label, tokens, iters in spec["runs"]:
         if spec["ids"]:
             xs = [rng.integers(0, 512, (1, tokens)) for _ in range(iters + 2)]
@@ -249,12 +257,22 @@ def child(spec: dict) -> dict:
             xs = [rng.standard_normal((tokens, k)).astype(np.float32) for _ in range(iters + 2)]
         for x in xs[:2]:
             req.infer([x])
+        if prof:
+            prof(None, 1, 0)
         times = []
         for x in xs[2:]:
             t = time.perf_counter()
             req.infer([x])
             times.append(time.perf_counter() - t)
         out[label] = float(np.median(times))
+        if prof:
+            import ctypes
+
+            t6 = (ctypes.c_double * 6)()
+            if prof(t6, 1, 0):  # mean MoE3 seconds per inference (all layers) and per-phase split
+                out[f"{label}_moe3"] = t6[5] / len(times)
+                out[f"{label}_moe3_phases"] = [v / len(times) for v in t6[:5]]
+                out[f"{label}_mean"] = float(np.mean(times))
     out["rss_mb"] = _rss_mb() - base
     return out
 
@@ -285,6 +303,10 @@ def main(argv=None):
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--prefill-iters", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="where the IRs are written (default: a temp dir)")
+    ap.add_argument("--keep", default=None,
+                    help="write the IRs into this folder and keep them; an existing one (meta.json) is reused")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated workload/variant list to measure (int4 baselines are always measured)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -297,8 +319,24 @@ def main(argv=None):
 
     print(f"OpenVINO {ov.__version__}, extension ISA {openvino_ext.isa()}, threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.2f} (machine shared with other jobs)", flush=True)
-    tmp = tempfile.TemporaryDirectory(dir=args.workdir)
-    meta = prepare(Path(tmp.name), args)
+    if args.keep:
+        keep = Path(args.keep)
+        keep.mkdir(parents=True, exist_ok=True)
+        mfile = keep / "meta.json"
+        cfg_key = [args.layers, args.experts, args.top_k]
+        old = json.loads(mfile.read_text()) if mfile.is_file() else None
+        if old and old["cfg"] == cfg_key:
+            meta = {tuple(k.split("/")): v for k, v in old["meta"].items()}
+            print(f"  reusing the IRs in {keep}", file=sys.stderr, flush=True)
+        else:
+            meta = prepare(keep, args)
+            mfile.write_text(json.dumps({"cfg": cfg_key, "meta": {"/".join(k): v for k, v in meta.items()}}))
+    else:
+        tmp = tempfile.TemporaryDirectory(dir=args.workdir)
+        meta = prepare(Path(tmp.name), args)
+    if args.only:
+        want = set(args.only.split(",")) | {f"{w}/int4" for w, _ in meta}
+        meta = {k: v for k, v in meta.items() if "/".join(k) in want}
     bw = bandwidth_child(args.threads)
     rows = {}
     for (workload, name), m in meta.items():
@@ -331,12 +369,26 @@ def main(argv=None):
         rel_pre = f"{pre / base['prefill']:.2f}x" if pre else "-"
         print(f"| {workload} | {name} | {dec * 1e3:.2f} | {gbs:.1f} | {gbs / bw:.2f} | {pre_s} | {pre_tok} | "
               f"{r['rss_mb']:.0f} | {dec / base['decode']:.2f}x | {rel_pre} | {r['rss_mb'] / base['rss_mb']:.2f}x |")
-    moe = {n: rows[("moe", n)][1] for n in ("int4", "int3_stock", "moe3")}
-    print("\nacceptance (moe stack): "
-          f"decode moe3/int4 = {moe['moe3']['decode'] / moe['int4']['decode']:.2f} (target <= 0.45); "
-          f"int3_stock/moe3 = {moe['int3_stock']['decode'] / moe['moe3']['decode']:.1f}x (target >= 5); "
-          f"memory moe3/int4 = {moe['moe3']['rss_mb'] / moe['int4']['rss_mb']:.2f} (target <= 0.8); "
-          f"prefill moe3/int4 = {moe['moe3']['prefill'] / moe['int4']['prefill']:.2f} (target <= 0.6)")
+    for (workload, name), (m, r) in rows.items():
+        if "decode_moe3" in r:
+            ph = ", ".join(f"{n} {v * 1e3:.2f}" for n, v in
+                           zip(("route", "quantize_x", "gate_up", "quantize_act", "down"), r["decode_moe3_phases"]))
+            print(f"\n{workload}/{name} decode: MoE3 ops {r['decode_moe3'] * 1e3:.2f} ms of "
+                  f"{r['decode_mean'] * 1e3:.2f} ms per token (mean) = {r['decode_moe3'] / r['decode_mean']:.0%}; "
+                  f"the rest (attention INT4, router, norms, ...) {(r['decode_mean'] - r['decode_moe3']) * 1e3:.2f} ms. "
+                  f"MoE3 phases (ms/token, all layers): {ph}")
+            if "prefill_moe3" in r:
+                print(f"{workload}/{name} prefill: MoE3 ops {r['prefill_moe3'] * 1e3:.1f} ms of "
+                      f"{r['prefill_mean'] * 1e3:.1f} ms (mean) = {r['prefill_moe3'] / r['prefill_mean']:.0%}")
+    moe = {n: rows[("moe", n)][1] for n in ("int4", "int3_stock", "moe3") if ("moe", n) in rows}
+    if "moe3" in moe:
+        stock = (f"int3_stock/moe3 = {moe['int3_stock']['decode'] / moe['moe3']['decode']:.1f}x (target >= 5); "
+                 if "int3_stock" in moe else "")
+        print("\nacceptance (moe stack): "
+              f"decode moe3/int4 = {moe['moe3']['decode'] / moe['int4']['decode']:.2f} (target <= 0.45); " + stock +
+              f"memory moe3/int4 = {moe['moe3']['rss_mb'] / moe['int4']['rss_mb']:.2f} (target <= 0.8); "
+              f"prefill moe3/int4 = {moe['moe3']['prefill'] / moe['int4']['prefill']:.2f} (target <= 0.6)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -71,6 +71,28 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
     const Weight W = ws.slice(0);
     const int64_t Kp = ws.Kb * BLOCK;
     const float* x = static_cast<const float*>(X.data());
+    const int threads = std::max(1, max_threads());
+    if (q8_eligible(Kn, W)) {
+        // int8 activations quantized once; tasks = row chunks (64 rows = one GEMM tile, fewer for small N)
+        // x token chunks (only when there are too few row chunks)
+        QActBuf qx;
+        quantize_rows(Kn, x, K, M, K, Kp, ws.gs, qx);
+        const QAct Q = qx.view();
+        const int64_t rchunk = M <= GEMV_MAX_M ? row_chunk(ws.N, 1, 4 * threads, 64) : 64;
+        const int64_t rtasks = (ws.N + rchunk - 1) / rchunk;
+        int64_t mchunk = M;
+        if (M > GEMV_MAX_M)
+            while (mchunk > 24 && rtasks * ((M + mchunk - 1) / mchunk) < 4 * threads) mchunk = (mchunk + 1) / 2;
+        const int64_t mtasks = (M + mchunk - 1) / mchunk;
+        parallel_for(rtasks * mtasks, [&](int64_t t) {
+            const int64_t r = t % rtasks, mt = t / rtasks;
+            const int64_t n0 = r * rchunk, n1 = std::min(ws.N, n0 + rchunk);
+            const int64_t m0 = mt * mchunk, mm = std::min(M - m0, mchunk);
+            const QAct Qm{Q.q + m0 * Q.ldq, Q.dx + m0 * Q.G, Q.sum + m0 * Q.G, Q.ldq, Q.G};
+            rows_product_q8(Kn, W, T, Qm, nullptr, mm, n0, n1, y + m0 * ws.N + n0, ws.N);
+        });
+        return true;
+    }
     std::vector<float> xpad;
     if (Kp != K) {
         xpad.resize(M * Kp);
@@ -83,7 +105,6 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
         group_sums(x, Kp, M, K, ws.G, xs.data());
     }
     // tasks: row chunks x token chunks
-    const int threads = std::max(1, max_threads());
     const int64_t mchunk = M <= GEMV_MAX_M ? M : 256;
     const int64_t mtasks = (M + mchunk - 1) / mchunk;
     int64_t rchunk = M <= GEMV_MAX_M ? 64 : 4 * TILE_ROWS;

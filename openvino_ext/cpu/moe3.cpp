@@ -1,6 +1,12 @@
 #include "moe3.hpp"
 
+#include <xmmintrin.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -59,11 +65,75 @@ bool MoE3::has_evaluate() const {
 }
 
 namespace {
-inline float silu(float v) { return v / (1.f + std::exp(-v)); }
+
+// Env NNCF_MOE3_PROFILE=1: per-phase wall time of every MoE3 call, summed and printed to stderr at exit.
+struct Profile {  // not thread-safe: MoE3 calls of one model run one after another
+    const char* names[6] = {"route", "quantize_x", "gate_up", "quantize_act", "down", "total"};
+    double t[6] = {0, 0, 0, 0, 0, 0};
+    int64_t calls = 0;
+    bool on;
+    Profile() {
+        const char* v = std::getenv("NNCF_MOE3_PROFILE");
+        on = v && *v && std::strcmp(v, "0") != 0;
+    }
+    ~Profile() {
+        if (!on || !calls) return;
+        std::fprintf(stderr, "[nncf_moe3] MoE3 profile over %lld calls (ms per call):", (long long)calls);
+        for (int i = 0; i < 6; ++i) std::fprintf(stderr, " %s %.4f", names[i], t[i] / calls * 1e3);
+        std::fprintf(stderr, "\n");
+    }
+};
+Profile g_profile;
+
+}  // namespace
+}  // namespace nncf_moe3
+
+// C entry point (ctypes, examples/bench_cpu.py): accumulated per-phase seconds t[6] (route, quantize_x, gate_up,
+// quantize_act, down, total) and the call count since the last reset; profiling is on when env
+// NNCF_MOE3_PROFILE is set (not "0") at load time, or after enable = 1.
+extern "C" __attribute__((visibility("default"))) int64_t nncf_moe3_profile(double* t, int reset, int enable) {
+    auto& p = nncf_moe3::g_profile;
+    if (enable) p.on = true;
+    if (t)
+        for (int i = 0; i < 6; ++i) t[i] = p.t[i];
+    const int64_t calls = p.calls;
+    if (reset) {
+        for (double& v : p.t) v = 0;
+        p.calls = 0;
+    }
+    return calls;
+}
+
+namespace nncf_moe3 {
+namespace {
+
+struct Clock {
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now(), last = t0;
+    void lap(int i) {
+        if (!g_profile.on) return;
+        const auto now = std::chrono::steady_clock::now();
+        g_profile.t[i] += std::chrono::duration<double>(now - last).count();
+        last = now;
+    }
+    void done() {
+        if (!g_profile.on) return;
+        g_profile.t[5] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ++g_profile.calls;
+    }
+};
+
+// Software prefetch (to L2) of the first 2 KB of rows n0.. of W: the start of a weight stream a task reads next
+// (the kernels prefetch ~3 KB ahead only inside a stream).
+inline void prefetch_rows(const k3::Weight& W, int64_t n0) {
+    const char* p = reinterpret_cast<const char*>(W.w + n0 * W.Kb * k3::BLOCK_BYTES);
+    for (int i = 0; i < 2048; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
+}
+
 }  // namespace
 
 bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     using namespace k3;
+    Clock clk;
     const auto xshape = inputs[0].get_shape();
     const auto lshape = inputs[1].get_shape();
     OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 2 && lshape[0] == xshape[0], "MoE3: X ", xshape,
@@ -87,7 +157,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
 
     // ---- routing: softmax over E, top-k (ties: lower index), optional renormalisation
     const float* logits = static_cast<const float*>(inputs[1].data());
-    std::vector<std::vector<int64_t>> tok(E);  // tokens routed to e
+    std::vector<std::vector<int32_t>> tok(E);  // tokens routed to e, in token order
     std::vector<std::vector<float>> wts(E);
     {
         std::vector<float> p(E);
@@ -103,7 +173,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             float norm = 0.f;
             for (int64_t k = 0; k < top_k; ++k) norm += p[idx[k]];
             for (int64_t k = 0; k < top_k; ++k) {
-                tok[idx[k]].push_back(t);
+                tok[idx[k]].push_back((int32_t)t);
                 wts[idx[k]].push_back(m_normalize_topk ? p[idx[k]] / norm : p[idx[k]]);
             }
         }
@@ -111,6 +181,8 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
     std::vector<int64_t> active;
     for (int64_t e = 0; e < E; ++e)
         if (!tok[e].empty()) active.push_back(e);
+    const int64_t A = (int64_t)active.size();
+    clk.lap(0);
 
     const Kernels& Kn = select();
     const void* cb = inputs[11].data();
@@ -119,9 +191,76 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
                 Td = make_table(cb, cb32, wd.z_scalar);
     const int64_t Hp = wg.Kb * BLOCK, Ip = wd.Kb * BLOCK;
     const float* x = static_cast<const float*>(inputs[0].data());
+    const int threads = std::max(1, max_threads());
+    int64_t max_te = 0;
+    for (int64_t e : active) max_te = std::max<int64_t>(max_te, (int64_t)tok[e].size());
+    // Row chunks: decode (every expert <= GEMV_MAX_M tokens) 256 rows, so that each task streams long
+    // contiguous weight ranges (gate / up: 2 x 192 KB, down: 72 KB per expert); prefill 64 rows (one GEMM
+    // tile). Halved until there are >= 4 tasks per thread.
+    const int64_t cap = max_te <= GEMV_MAX_M ? 256 : 64;
+    const int64_t rc1 = row_chunk(I, A, 4 * threads, cap), nch1 = (I + rc1 - 1) / rc1;
+    const int64_t rc2 = row_chunk(H, 1, 4 * threads, cap), nch2 = (H + rc2 - 1) / rc2;
 
-    // per active expert: gathered padded tokens [Te][Hp], group sums, activations [Te][Ip]
-    const int64_t A = (int64_t)active.size();
+    if (q8_eligible(Kn, wg.slice(0)) && q8_eligible(Kn, wu.slice(0)) && q8_eligible(Kn, wd.slice(0))) {
+        // ---- int8 activations: X quantized once (shared by every expert and by gate / up)
+        QActBuf qx;
+        quantize_rows(Kn, x, H, T, H, Hp, wg.gs, qx);
+        const QAct X = qx.view();
+        clk.lap(1);
+        std::vector<std::vector<float>> act(A);  // [Te][I]
+        for (int64_t a = 0; a < A; ++a) act[a].resize(tok[active[a]].size() * I);
+        parallel_for(A * nch1, [&](int64_t task) {
+            const int64_t a = task / nch1, c = task % nch1, e = active[a];
+            const int64_t Te = (int64_t)tok[e].size();
+            const int64_t n0 = c * rc1, n1 = std::min(I, n0 + rc1), nr = n1 - n0;
+            thread_local std::vector<float> gu;
+            if ((int64_t)gu.size() < 2 * Te * nr) gu.resize(2 * Te * nr);
+            float *g = gu.data(), *u = g + Te * nr;
+            const Weight Wg = wg.slice(e), Wu = wu.slice(e);
+            if (Te <= GEMV_MAX_M) {
+                prefetch_rows(Wu, n0);  // the up rows follow the gate rows in this task
+                Kn.gemv2_q8(Wg, Tg, Wu, Tu, X, tok[e].data(), (int)Te, n0, n1, g, u, nr);
+            } else {
+                Kn.gemm_q8(Wg, Tg, X, tok[e].data(), Te, n0, n1, g, nr);
+                Kn.gemm_q8(Wu, Tu, X, tok[e].data(), Te, n0, n1, u, nr);
+            }
+            for (int64_t t = 0; t < Te; ++t) Kn.swiglu(g + t * nr, u + t * nr, nr, act[a].data() + t * I + n0);
+        });
+        clk.lap(2);
+        std::vector<QActBuf> qa(A);
+        parallel_for(A, [&](int64_t a) {
+            const int64_t Te = (int64_t)tok[active[a]].size();
+            qa[a].ldq = Ip;
+            qa[a].G = wd.G;
+            qa[a].q.resize(Te * Ip);
+            qa[a].dx.resize(Te * wd.G);
+            qa[a].sum.resize(Te * wd.G);
+            Kn.quantize(act[a].data(), I, Te, I, Ip, wd.gs, qa[a].q.data(), qa[a].dx.data(), qa[a].sum.data());
+        });
+        clk.lap(3);
+        parallel_for(nch2, [&](int64_t c) {
+            const int64_t n0 = c * rc2, n1 = std::min(H, n0 + rc2), nr = n1 - n0;
+            thread_local std::vector<float> d;
+            for (int64_t a = 0; a < A; ++a) {
+                const int64_t e = active[a];
+                const int64_t Te = (int64_t)tok[e].size();
+                if ((int64_t)d.size() < Te * nr) d.resize(Te * nr);
+                if (a + 1 < A) prefetch_rows(wd.slice(active[a + 1]), n0);  // start of the next expert's stream
+                rows_product_q8(Kn, wd.slice(e), Td, qa[a].view(), nullptr, Te, n0, n1, d.data(), nr);
+                for (int64_t t = 0; t < Te; ++t) {
+                    float* o = out + (int64_t)tok[e][t] * H + n0;
+                    const float w = wts[e][t];
+                    const float* dt = d.data() + t * nr;
+                    for (int64_t r = 0; r < nr; ++r) o[r] += w * dt[r];
+                }
+            }
+        });
+        clk.lap(4);
+        clk.done();
+        return true;
+    }
+
+    // ---- exact f32 path: per active expert gathered padded tokens [Te][Hp], group sums, activations [Te][Ip]
     std::vector<std::vector<float>> xe(A), xse(A), act(A), ase(A);
     for (int64_t a = 0; a < A; ++a) {
         const auto& tl = tok[active[a]];
@@ -134,14 +273,8 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         }
         act[a].assign(Te * Ip, 0.f);
     }
-
-    const int threads = std::max(1, max_threads());
+    clk.lap(1);
     // ---- phase 1: gate/up rows (expert, row chunk) -> act = silu(gate) * up
-    int64_t tot_tokens = 0;
-    for (int64_t a = 0; a < A; ++a) tot_tokens += (int64_t)tok[active[a]].size();
-    int64_t rc1 = 64;
-    while (rc1 > TILE_ROWS && A * ((I + rc1 - 1) / rc1) < 4 * threads) rc1 /= 2;
-    const int64_t nch1 = (I + rc1 - 1) / rc1;
     parallel_for(A * nch1, [&](int64_t task) {
         const int64_t a = task / nch1, c = task % nch1, e = active[a];
         const int64_t Te = (int64_t)tok[e].size();
@@ -150,9 +283,9 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         const float* xs = xse[a].empty() ? nullptr : xse[a].data();
         rows_product(Kn, wg.slice(e), Tg, xe[a].data(), Hp, Te, xs, n0, n1, g.data(), nr);
         rows_product(Kn, wu.slice(e), Tu, xe[a].data(), Hp, Te, xs, n0, n1, u.data(), nr);
-        for (int64_t t = 0; t < Te; ++t)
-            for (int64_t r = 0; r < nr; ++r) act[a][t * Ip + n0 + r] = silu(g[t * nr + r]) * u[t * nr + r];
+        for (int64_t t = 0; t < Te; ++t) Kn.swiglu(g.data() + t * nr, u.data() + t * nr, nr, act[a].data() + t * Ip + n0);
     });
+    clk.lap(2);
     if (wd.z)
         for (int64_t a = 0; a < A; ++a) {
             const int64_t Te = (int64_t)tok[active[a]].size();
@@ -160,11 +293,9 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             ase[a].resize(Te * wd.G);
             group_sums(act[a].data(), Ip, Te, I, wd.G, ase[a].data());
         }
+    clk.lap(3);
 
     // ---- phase 2: down rows (row chunk over H, all experts) -> out += w * down (each task owns its rows)
-    int64_t rc2 = 64;
-    while (rc2 > TILE_ROWS && ((H + rc2 - 1) / rc2) < 4 * threads) rc2 /= 2;
-    const int64_t nch2 = (H + rc2 - 1) / rc2;
     parallel_for(nch2, [&](int64_t c) {
         const int64_t n0 = c * rc2, n1 = std::min(H, n0 + rc2), nr = n1 - n0;
         std::vector<float> d;
@@ -181,7 +312,8 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             }
         }
     });
-    (void)tot_tokens;
+    clk.lap(4);
+    clk.done();
     return true;
 }
 

@@ -184,9 +184,44 @@ double sum(const float* p, int64_t n) {
     return s;
 }
 
+// exp(x) for x clamped to [-87, 87]: x = n ln2 + r, Cephes expf polynomial, 2^n built in the exponent field
+inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(87.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+void swiglu(const float* g, const float* u, int64_t n, float* out) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e)),
+                                                _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; ++i) {  // tail through the same vector code (one lane)
+        alignas(32) float a[8] = {g[i]}, b[8] = {u[i]}, c[8];
+        _mm256_store_ps(c, _mm256_mul_ps(_mm256_div_ps(_mm256_load_ps(a), _mm256_add_ps(_mm256_set1_ps(1.f),
+                                         exp256(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_load_ps(a))))),
+                                         _mm256_load_ps(b)));
+        out[i] = c[0];
+    }
+}
+
 }  // namespace
 
-const Kernels avx2_kernels = {"avx2", gemv, dequant, gemm, sum, nullptr};
+const Kernels avx2_kernels = {"avx2", gemv, dequant, gemm, sum, swiglu, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace k3
 }  // namespace nncf_moe3

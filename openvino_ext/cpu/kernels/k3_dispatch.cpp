@@ -1,6 +1,12 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "k3_kernels.hpp"
 
 namespace nncf_moe3 {
@@ -25,10 +31,38 @@ bool cpu_has_avx512_vnni() {
     return v;
 }
 
+bool cpu_has_amx() {
+    static const bool v = [] {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+        unsigned a, b, c, d;
+        if (!cpu_has_avx512_vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+        if (!((d >> 24) & 1) || !((d >> 25) & 1)) return false;  // AMX-TILE, AMX-INT8
+        const long ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+        if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return false;
+        unsigned long perm = 0;
+        if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &perm) != 0) return false;
+        return ((perm >> XFEATURE_XTILEDATA) & 1) != 0;
+#else
+        return false;
+#endif
+    }();
+    return v;
+}
+
 static Kernels make_vnni() {
     Kernels k = avx512_kernels;
     k.name = "avx512_vnni";
+    k.quantize = avx512_vnni_quantize;
     k.gemv_q8 = avx512_vnni_gemv_q8;
+    k.gemv2_q8 = avx512_vnni_gemv2_q8;
+    k.gemm_q8 = avx512_vnni_gemm_q8;
+    return k;
+}
+
+static Kernels make_amx(bool emulate) {
+    Kernels k = make_vnni();
+    k.name = emulate ? "amx_emulate" : "amx";
+    k.gemm_q8 = emulate ? avx512_amx_emu_gemm_q8 : avx512_amx_gemm_q8;
     return k;
 }
 
@@ -42,6 +76,14 @@ const Kernels& select() {
     }
     const char* aq = std::getenv("NNCF_MOE3_ACT_QUANT");
     const bool act_quant = !(aq && !std::strcmp(aq, "0"));
+    if (cap >= 2 && act_quant && isa && !std::strcmp(isa, "amx") && cpu_has_amx()) {
+        static const Kernels amx = make_amx(false);
+        return amx;
+    }
+    if (cap >= 2 && act_quant && isa && !std::strcmp(isa, "amx_emulate") && cpu_has_avx512_vnni()) {
+        static const Kernels emu = make_amx(true);
+        return emu;
+    }
     if (cap >= 2 && act_quant && cpu_has_avx512_vnni()) return vnni;
     if (cap >= 2 && cpu_has_avx512()) return avx512_kernels;
     if (cap >= 1 && cpu_has_avx2()) return avx2_kernels;

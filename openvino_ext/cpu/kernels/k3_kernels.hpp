@@ -9,7 +9,7 @@ namespace k3 {
 
 constexpr int BLOCK = 32;
 constexpr int BLOCK_BYTES = 12;
-constexpr int GEMV_MAX_M = 4;  // token counts up to this use the fused unpack+FMA GEMV, above it dequant + GEMM
+constexpr int GEMV_MAX_M = 4;  // token counts up to this use the fused unpack+dot GEMV, above it a GEMM
 constexpr int TILE_ROWS = 8;   // rows dequantized at once on the GEMM (prefill) path
 
 // One k3 weight matrix [N, K] (an expert slice or a dense weight).
@@ -27,6 +27,15 @@ struct Table {
     alignas(64) float t[16];
 };
 
+// int8 activations quantized per (token, weight group), symmetric: x ~= dx[g] * q (q in [-127, 127]),
+// q zero-padded to ldq >= Kb*32; sum[g] = sum of q over the group (as float, exact).
+struct QAct {
+    const int8_t* q;
+    const float* dx;
+    const float* sum;
+    int64_t ldq, G;  // row stride of q; groups per row (ld of dx / sum)
+};
+
 struct Kernels {
     const char* name;
     // y[m*ldy + (n - n0)] = sum_k x[m*ldx + k] * w[n, k] for n in [n0, n1), m < M <= GEMV_MAX_M.
@@ -40,22 +49,54 @@ struct Kernels {
                  float* y, int64_t ldy);
     // sum of n floats (bandwidth probe)
     double (*sum)(const float* p, int64_t n);
-    // optional int8-activation GEMV (same contract as gemv, xs not needed); returns false if the shape is not
-    // eligible. scratch: >= M*Kb*32 + 8*M*G + 64 bytes. nullptr when unavailable or disabled.
-    bool (*gemv_q8)(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, int64_t n0, int64_t n1,
-                    float* y, int64_t ldy, void* scratch);
+    // out[i] = silu(g[i]) * u[i] (SwiGLU; vectorized exp)
+    void (*swiglu)(const float* g, const float* u, int64_t n, float* out);
+
+    // ---- int8-activation kernels (AVX512-VNNI + VBMI); all nullptr when unavailable or NNCF_MOE3_ACT_QUANT=0.
+    // Token m of a call is row tok[m] of X (tok == nullptr: row m); X.G must equal W.G.
+    // q[m][0..K) = round(x/dx) per group of gs (the last group may end at K), zero up to Kp; dx, sum [M][G].
+    void (*quantize)(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs, int8_t* q,
+                     float* dx, float* sum);
+    // decode GEMV, 1 <= M <= GEMV_MAX_M (same output contract as gemv)
+    void (*gemv_q8)(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int M, int64_t n0,
+                    int64_t n1, float* y, int64_t ldy);
+    // fused pair (gate + up): ya from Wa, yb from Wb (same shape), one pass over the activations
+    void (*gemv2_q8)(const Weight& Wa, const Table& Ta, const Weight& Wb, const Table& Tb, const QAct& X,
+                     const int32_t* tok, int M, int64_t n0, int64_t n1, float* ya, float* yb, int64_t ldy);
+    // prefill GEMM, any M >= 1: each weight tile is unpacked once per call (per 256 tokens) and reused by all tokens
+    void (*gemm_q8)(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
+                    int64_t n1, float* y, int64_t ldy);
 };
 
-bool avx512_vnni_gemv_q8(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, int64_t n0,
-                         int64_t n1, float* y, int64_t ldy, void* scratch);
+constexpr int64_t Q8_MAX_G = 1024;  // groups per row the int8 kernels handle (K <= 32768 at group size 32)
+inline bool q8_eligible(const Kernels& Kn, const Weight& W) { return Kn.gemm_q8 && W.G <= Q8_MAX_G; }
+
+void avx512_vnni_quantize(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs, int8_t* q,
+                          float* dx, float* sum);
+void avx512_vnni_gemv_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int M, int64_t n0,
+                         int64_t n1, float* y, int64_t ldy);
+void avx512_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, const Table& Tb, const QAct& X,
+                          const int32_t* tok, int M, int64_t n0, int64_t n1, float* ya, float* yb, int64_t ldy);
+void avx512_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
+                         int64_t n1, float* y, int64_t ldy);
+void avx512_amx_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
+                        int64_t n1, float* y, int64_t ldy);
+// the same tiling with a scalar emulation of the tile instructions (tests on CPUs without AMX)
+void avx512_amx_emu_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M,
+                            int64_t n0, int64_t n1, float* y, int64_t ldy);
 bool cpu_has_avx512_vnni();
+// AMX-TILE + AMX-INT8 in CPUID and the Linux permission to use tile data (arch_prctl ARCH_REQ_XCOMP_PERM,
+// requested once per process)
+bool cpu_has_amx();
 
 extern const Kernels scalar_kernels;
 extern const Kernels avx2_kernels;
 extern const Kernels avx512_kernels;
 
-// Best kernels the CPU supports, lowered by env NNCF_MOE3_ISA=avx512|avx2|scalar (read on every call). On CPUs
-// with AVX512-VNNI/VBMI the decode GEMV quantizes activations to int8 per group (gemv_q8) unless
+// Best kernels the CPU supports, lowered by env NNCF_MOE3_ISA=avx512|avx2|scalar (read on every call);
+// NNCF_MOE3_ISA=amx opts into the AMX-INT8 prefill GEMM (not validated on AMX hardware yet), amx_emulate runs the
+// same GEMM with emulated tile instructions (any AVX512-VNNI CPU; slow, for tests). On CPUs
+// with AVX512-VNNI/VBMI the int8-activation kernels (quantize / gemv_q8 / gemv2_q8 / gemm_q8) are set unless
 // NNCF_MOE3_ACT_QUANT=0.
 const Kernels& select();
 bool cpu_has_avx512();

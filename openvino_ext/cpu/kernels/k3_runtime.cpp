@@ -118,26 +118,11 @@ void group_sums(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t G, fl
 
 void rows_product(const Kernels& Kn, const Weight& W, const Table& T, const float* x, int64_t ldx, int64_t M,
                   const float* xs, int64_t n0, int64_t n1, float* out, int64_t ldo) {
-    thread_local std::vector<float> buf;
     if (M <= GEMV_MAX_M) {
-        if (Kn.gemv_q8) {
-            const size_t need = (M * W.Kb * BLOCK + 8 * M * W.G + 128) / sizeof(float) + 1;
-            if (buf.size() < need) buf.resize(need);
-            if (Kn.gemv_q8(W, T, x, ldx, (int)M, n0, n1, out, ldo, buf.data())) return;
-        }
         Kn.gemv(W, T, x, ldx, (int)M, xs, n0, n1, out, ldo);
         return;
     }
-    if (Kn.gemv_q8) {  // int8 activations: 4-token chunks through the VNNI kernel (weights stay in L2 per task)
-        const size_t need = (GEMV_MAX_M * W.Kb * BLOCK + 8 * GEMV_MAX_M * W.G + 128) / sizeof(float) + 1;
-        if (buf.size() < need) buf.resize(need);
-        bool ok = true;
-        for (int64_t m0 = 0; ok && m0 < M; m0 += GEMV_MAX_M) {
-            const int mm = (int)std::min<int64_t>(GEMV_MAX_M, M - m0);
-            ok = Kn.gemv_q8(W, T, x + m0 * ldx, ldx, mm, n0, n1, out + m0 * ldo, ldo, buf.data());
-        }
-        if (ok) return;
-    }
+    thread_local std::vector<float> buf;
     const int64_t kp = W.Kb * BLOCK;
     if ((int64_t)buf.size() < TILE_ROWS * kp) buf.resize(TILE_ROWS * kp);
     for (int64_t n = n0; n < n1; n += TILE_ROWS) {
@@ -145,6 +130,40 @@ void rows_product(const Kernels& Kn, const Weight& W, const Table& T, const floa
         Kn.dequant(W, T, n, n + nr, buf.data());
         Kn.gemm(x, ldx, M, buf.data(), kp, nr, kp, out + (n - n0), ldo);
     }
+}
+
+void quantize_rows(const Kernels& Kn, const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs,
+                   QActBuf& out) {
+    const int64_t G = (K + gs - 1) / gs;
+    out.ldq = Kp;
+    out.G = G;
+    out.q.resize(M * Kp);
+    out.dx.resize(M * G);
+    out.sum.resize(M * G);
+    const int64_t per = 8;  // rows per task
+    if (M * K < (1 << 16)) {
+        Kn.quantize(x, ldx, M, K, Kp, gs, out.q.data(), out.dx.data(), out.sum.data());
+        return;
+    }
+    parallel_for((M + per - 1) / per, [&](int64_t t) {
+        const int64_t m0 = t * per, mm = std::min(per, M - m0);
+        Kn.quantize(x + m0 * ldx, ldx, mm, K, Kp, gs, out.q.data() + m0 * Kp, out.dx.data() + m0 * G,
+                    out.sum.data() + m0 * G);
+    });
+}
+
+void rows_product_q8(const Kernels& Kn, const Weight& W, const Table& T, const QAct& X, const int32_t* tok,
+                     int64_t M, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+    if (M <= GEMV_MAX_M)
+        Kn.gemv_q8(W, T, X, tok, (int)M, n0, n1, out, ldo);
+    else
+        Kn.gemm_q8(W, T, X, tok, M, n0, n1, out, ldo);
+}
+
+int64_t row_chunk(int64_t n, int64_t units, int64_t want, int64_t cap) {
+    int64_t rc = cap;
+    while (rc > 16 && units * ((n + rc - 1) / rc) < want) rc /= 2;
+    return rc;
 }
 
 }  // namespace k3

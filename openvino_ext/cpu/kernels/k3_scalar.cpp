@@ -1,4 +1,5 @@
 // Scalar reference kernels (any x86-64 / other CPU). Straightforward, used as the fallback and as a test oracle.
+#include <cmath>
 #include <cstring>
 
 #include "k3_kernels.hpp"
@@ -77,9 +78,13 @@ double sum(const float* p, int64_t n) {
     return s;
 }
 
+void swiglu(const float* g, const float* u, int64_t n, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+}
+
 }  // namespace
 
-const Kernels scalar_kernels = {"scalar", gemv, dequant, gemm, sum, nullptr};
+const Kernels scalar_kernels = {"scalar", gemv, dequant, gemm, sum, swiglu, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace k3
 }  // namespace nncf_moe3
