@@ -51,7 +51,6 @@ from nncf_moe3.quantization import (
     QuantizedWeight,
     _ASYM_QMAX,
     check_weight,
-    dequantize,
     encode,
     f16_round,
     format_spec,
@@ -468,15 +467,6 @@ def quantizers(model) -> dict[str, FQLoRA]:
         module, attr = _owner(model, path)
         out[path] = module.parametrizations[attr][0]
     return out
-
-
-def trainable_parameters(model, scales: bool = True) -> list[nn.Parameter]:
-    ps = []
-    for fq in quantizers(model).values():
-        ps += [fq.A, fq.B]
-        if scales and isinstance(fq.scale, nn.Parameter):
-            ps.append(fq.scale)
-    return ps
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import copy
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
