@@ -398,6 +398,19 @@ def _fold_down(g: ScaleGroup, s: torch.Tensor) -> None:
         _set_weight(g.up, wu / s[:, None])
 
 
+def _fold_if_finite(g: "ScaleGroup", s: torch.Tensor, entry: dict, fold) -> bool:
+    """``fold(g, s)`` unless a scaled weight would stop being finite / f16-representable; records the outcome in
+    the report ``entry`` (and logs a refusal). Returns whether it folded."""
+    if not _finite_after(g, s):
+        entry["folded"] = False
+        entry["reason"] = "scaled weights would not stay finite / f16-representable"
+        logger.warning("AWQ: not scaling %s: %s", g.name, entry["reason"])
+        return False
+    fold(g, s)
+    entry["folded"] = True
+    return True
+
+
 def _finite_after(g: ScaleGroup, s: torch.Tensor) -> bool:
     """Every weight the fold writes stays finite and below :data:`MAX_ABS_WEIGHT`."""
     if not torch.isfinite(s).all() or (s <= 0).any():
@@ -465,15 +478,9 @@ def apply_awq(model, targets: list[WeightTarget], assign: dict, stats: dict, min
             entry.update(alpha=alpha, error=float(err), error_no_awq=float(err0))
             if alpha == 0.0 or not (err < err0 or force):
                 entry["folded"] = False
-            elif not _finite_after(g, s):
-                entry["folded"] = False
-                entry["reason"] = "scaled weights would not stay finite / f16-representable"
-                logger.warning("AWQ: not scaling %s: %s", g.name, entry["reason"])
-            else:
-                _fold_norm(g, s)
+            elif _fold_if_finite(g, s, entry, _fold_norm):
                 for c in g.consumers:
                     _scale_hessian(stats[c.name], s)
-                entry["folded"] = True
         else:
             down = g.consumers[0]
             st = stats[down.name]
@@ -495,14 +502,8 @@ def apply_awq(model, targets: list[WeightTarget], assign: dict, stats: dict, min
             s_fold = s if down.is_expert else s[0]
             if not bool(keep.any()):
                 entry["folded"] = False
-            elif not _finite_after(g, s_fold):
-                entry["folded"] = False
-                entry["reason"] = "scaled weights would not stay finite / f16-representable"
-                logger.warning("AWQ: not scaling %s: %s", g.name, entry["reason"])
-            else:
-                _fold_down(g, s_fold)
+            elif _fold_if_finite(g, s_fold, entry, _fold_down):
                 _scale_hessian(st, s_fold)
-                entry["folded"] = True
         rep["groups"].append(entry)
         logger.info("AWQ %s %s: alpha %s, output error %.4g -> %.4g%s", g.kind, g.name, entry["alpha"],
                     entry["error_no_awq"], entry["error"], "" if entry["folded"] else " (not folded)")

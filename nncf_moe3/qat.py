@@ -140,10 +140,7 @@ class FQLoRA(nn.Module):
             if init == "pissa":
                 raise ValueError("init='pissa' cannot start from a PTQ model")
             if init == "loftq":  # one LoftQ step with the PTQ quantizer: B·A = SVD_r(W - Q)
-                u, sv, vh = torch.linalg.svd(w3 - q0, full_matrices=False)
-                root = sv[..., :r].sqrt()
-                b = u[..., :r] * root[..., None, :]
-                a = root[..., :, None] * vh[..., :r, :]
+                b, a = svd_factors(w3 - q0, r)
             else:
                 b = torch.zeros(e, n, r)
                 a = torch.randn(e, r, k, generator=gen) / math.sqrt(k)
@@ -158,10 +155,7 @@ class FQLoRA(nn.Module):
             base = w3 - b @ a
             b, a = b / math.sqrt(self.lora_scale), a / math.sqrt(self.lora_scale)
         elif init == "pissa":
-            u, sv, vh = torch.linalg.svd(w3, full_matrices=False)
-            root = sv[..., :r].sqrt()
-            b = u[..., :r] * root[..., None, :]
-            a = root[..., :, None] * vh[..., :r, :]
+            b, a = svd_factors(w3, r)
             base = w3 - b @ a
             b, a = b / math.sqrt(self.lora_scale), a / math.sqrt(self.lora_scale)
         else:
@@ -221,6 +215,14 @@ def pissa_extra_bits(fq: FQLoRA) -> float:
     return 16.0 * fq.A.shape[-2] * (n + k) / (n * k)
 
 
+def svd_factors(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` truncated SVD of ``x [..., N, K]`` as ``(B [..., N, r], A [..., r, K])``, the singular values
+    split evenly (``B = U√S``, ``A = √S Vᵀ``)."""
+    u, sv, vh = torch.linalg.svd(x, full_matrices=False)
+    root = sv[..., :rank].sqrt()
+    return u[..., :rank] * root[..., None, :], root[..., :, None] * vh[..., :rank, :]
+
+
 @torch.no_grad()
 def loftq(fmt: str, w: torch.Tensor, rank: int, group_size: int, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """LoftQ: alternate ``Q = quant(W − B·A)`` and ``B·A = SVD_r(W − Q)``; returns ``(B [E, N, r], A [E, r, K])``
@@ -229,10 +231,7 @@ def loftq(fmt: str, w: torch.Tensor, rank: int, group_size: int, iters: int = 2)
     a = torch.zeros(*w.shape[:-2], rank, w.shape[-1])
     for _ in range(max(1, iters)):
         q = quantize_rtn(fmt, w - b @ a, group_size, search=True).dequantize()
-        u, sv, vh = torch.linalg.svd(w - q, full_matrices=False)
-        root = sv[..., :rank].sqrt()
-        b = u[..., :rank] * root[..., None, :]
-        a = root[..., :, None] * vh[..., :rank, :]
+        b, a = svd_factors(w - q, rank)
     return b, a
 
 
