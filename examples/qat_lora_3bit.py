@@ -50,6 +50,10 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-lr", type=float, default=1e-4)
     ap.add_argument("--ce-weight", type=float, default=0.1)
     ap.add_argument("--eval-windows", type=int, default=128, help="held-out windows for ppl/KL (reference: 128)")
+    ap.add_argument("--val-windows", type=int, default=32,
+                    help="windows cut from the end of the training text for early stopping on KL (0: keep the last "
+                         "step)")
+    ap.add_argument("--eval-every", type=int, default=100, help="validation interval in steps")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--accelerate", action="store_true", help="train through HF accelerate's Accelerator")
@@ -86,7 +90,13 @@ def main(argv=None) -> int:
         if eval_tokens is None:
             eval_tokens = data.make_windows(data.tokenize_texts(tok, data.read_split("heldout"), eos), args.seq_len,
                                             args.eval_windows, seed=1234).astype(np.int64)
-    print(f"train tokens {len(stream):,}; eval {eval_tokens.shape[0]}x{eval_tokens.shape[1]}", flush=True)
+    val_tokens = None
+    if args.val_windows:
+        cut = len(stream) - args.val_windows * args.seq_len  # validation: the tail of the training text
+        val_tokens = data.make_windows(stream[cut:], args.seq_len, args.val_windows).astype(np.int64)
+        stream = stream[:cut]
+    print(f"train tokens {len(stream):,}; validation {0 if val_tokens is None else len(val_tokens)} windows; "
+          f"eval {eval_tokens.shape[0]}x{eval_tokens.shape[1]}", flush=True)
 
     teacher = copy.deepcopy(model)
     ref = reference_logprobs(teacher, eval_tokens)
@@ -118,18 +128,23 @@ def main(argv=None) -> int:
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     res = qat.train(model, teacher, stream, steps=args.steps, max_minutes=None if args.steps else args.minutes,
                     batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, scale_lr=args.scale_lr,
-                    ce_weight=args.ce_weight, seed=args.seed, accelerator=accelerator)
+                    ce_weight=args.ce_weight, seed=args.seed, accelerator=accelerator, val_tokens=val_tokens,
+                    eval_every=args.eval_every)
     with parametrize.cached():
         trained = evaluate_torch(model, eval_tokens, ref)
-    print(f"QAT {res.steps} steps in {res.seconds / 60:.1f} min: torch fake-quant ppl {trained.ppl:.4f} "
+    kept = "" if res.best_step is None else f" (kept step {res.best_step}: lowest validation KL)"
+    print(f"QAT {res.steps} steps in {res.seconds / 60:.1f} min{kept}: torch fake-quant ppl {trained.ppl:.4f} "
           f"KL {trained.kl:.4f}", flush=True)
+    for st, vp, vk in res.val_history:
+        print(f"  validation step {st:5d}: ppl {vp:.4f} KL {vk:.5f}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "model": str(model_dir), "mode": args.mode, "group_size": args.group_size, "rank": args.rank,
         "init": args.init, "start": args.start, "lsq": not args.no_lsq, "train_norms": args.train_norms, "lr": args.lr, "scale_lr": args.scale_lr, "batch": args.batch,
-        "seq_len": args.seq_len, "steps": res.steps, "train_minutes": round(res.seconds / 60, 2),
+        "seq_len": args.seq_len, "steps": res.steps, "ce_weight": args.ce_weight, "best_step": res.best_step,
+        "val_history": res.val_history, "train_minutes": round(res.seconds / 60, 2),
         "threads": torch.get_num_threads(), "eval_windows": int(eval_tokens.shape[0]),
         "fp": {"ppl": fp.ppl}, "start": {"ppl": start.ppl, "kl": start.kl},
         "qat_torch": {"ppl": trained.ppl, "kl": trained.kl},

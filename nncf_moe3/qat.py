@@ -487,12 +487,15 @@ class TrainResult:
     loss_first: float
     loss_last: float
     history: list
+    val_history: list = field(default_factory=list)  # [(step, ppl, kl)] on the validation windows
+    best_step: int | None = None  # the step whose parameters were kept (validation KL); None = last step
 
 
 def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_minutes: float | None = 15.0,
           batch_size: int = 8, seq_len: int = 256, lr: float = 2e-3, scale_lr: float | None = 1e-4,
           ce_weight: float = 0.1, grad_clip: float = 0.3, warmup: int = 20, seed: int = 0, progress: bool = True,
-          accelerator=None, log_every: int = 50) -> TrainResult:
+          accelerator=None, log_every: int = 50, val_tokens: np.ndarray | None = None,
+          eval_every: int = 100) -> TrainResult:
     """Distil ``teacher`` (the fp model) into the prepared ``model``: KL on logits + ``ce_weight`` × CE on the
     next tokens (default 0.1: on the reference model pure KL lowered KL but not the perplexity gap; a small CE term
     lowers both — see SUMMARY.md "QAT").
@@ -502,6 +505,12 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
     adapters (``lr``) and LSQ scales (``scale_lr``, default ``lr``), cosine decay after ``warmup`` steps, gradient
     norm clipped to ``grad_clip`` (IR-QLoRA's 0.3). With an HF ``accelerate.Accelerator`` the model, optimizer and
     backward go through it (multi-process data parallel is then ``accelerate launch``'s job).
+
+    Early stopping: with ``val_tokens`` (``[n, L]`` windows held out from the *training* text, not the evaluation
+    split) the student's KL to the teacher on them is measured before training and every ``eval_every`` steps, and
+    the trainable parameters of the best point are restored at the end (``best_step``; 0 = the start was best), so a
+    long budget cannot drift away from the teacher — the CE term would otherwise keep re-training the model on its
+    own data. Validation time counts against ``max_minutes``.
     """
     from tqdm import tqdm
 
@@ -527,6 +536,25 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
     est_total = steps or 1000
     t0 = time.time()
     history, first = [], None
+    trainable = adapters + scales
+    val_history, best = [], None
+    if val_tokens is not None:
+        from nncf_moe3.accuracy import evaluate_torch, reference_logprobs
+
+        val_tokens = np.asarray(val_tokens)
+        val_ref = reference_logprobs(teacher, val_tokens)
+
+        def validate(at: int):
+            nonlocal best
+            with parametrize.cached():
+                r = evaluate_torch(model, val_tokens, val_ref)
+            model.train()
+            val_history.append((at, r.ppl, r.kl))
+            if best is None or r.kl < best[1]:
+                best = (at, r.kl, [p.detach().clone() for p in trainable])
+            logger.info("QAT validation at step %d: ppl %.4f KL %.5f", at, r.ppl, r.kl)
+
+        validate(0)
     bar = tqdm(total=steps, desc="QAT", disable=not progress, mininterval=5)
     step = 0
     while step < total:
@@ -571,10 +599,21 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
         bar.update(1)
         if progress and step % log_every == 0:
             bar.set_postfix(loss=f"{np.mean(history[-log_every:]):.4f}")
+        if val_tokens is not None and step % eval_every == 0:
+            validate(step)
     bar.close()
+    best_step = None
+    if val_tokens is not None:
+        if val_history[-1][0] != step:
+            validate(step)
+        best_step = best[0]
+        with torch.no_grad():
+            for p, v in zip(trainable, best[2]):
+                p.copy_(v)
+        logger.info("QAT: kept the parameters of step %d (validation KL %.5f)", best_step, best[1])
     model.eval()
     return TrainResult(step, round(time.time() - t0, 1), step * batch_size * seq_len, first or float("nan"),
-                       float(np.mean(history[-20:])) if history else float("nan"), history)
+                       float(np.mean(history[-20:])) if history else float("nan"), history, val_history, best_step)
 
 
 # ---------------------------------------------------------------------------------------------------------------

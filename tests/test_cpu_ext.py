@@ -11,6 +11,7 @@ ov = pytest.importorskip("openvino")
 from openvino import opset13 as ops  # noqa: E402
 
 from openvino_ext import reference as R  # noqa: E402
+from openvino_ext.reference import K3_VERSION  # noqa: E402
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 
@@ -77,7 +78,7 @@ def _consts(arrays):
 def _matmul3_model(ext, k, w, s, z, c, gs, lead_rank=1):
     factory, core = ext
     p = ops.parameter([-1] * lead_rank + [k], np.float32)
-    node = factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": gs})
+    node = factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": gs, "k3_version": K3_VERSION})
     return core.compile_model(ov.Model([node.output(0)], [p]), "CPU", F32)
 
 
@@ -96,6 +97,9 @@ MATMUL_CASES = [  # (tokens, N, K, group_size, mode)
     (17, 45, 256, 64, "int3_asym"),
     (64, 70, 384, 128, "nf3"),
     (300, 24, 128, 32, "int3_sym"),
+    (1, 21, 288, 96, "int3_asym"),  # 3 blocks per group: groups start at odd blocks (upper half of a super-block)
+    (9, 21, 288, 96, "nf3"),
+    (6, 13, 160, 32, "int3_sym"),  # K / 32 odd: the last block is padding of the 64-value super-block
 ]
 
 
@@ -153,7 +157,8 @@ def _moe3_model(ext, h, e, weights, top_k, norm, gs):
     x = ops.parameter([-1, h], np.float32)
     logits = ops.parameter([-1, e], np.float32)
     node = factory.create("MoE3", [x.output(0), logits.output(0)] + _consts(weights),
-                          {"top_k": top_k, "normalize_topk": norm, "group_size": gs})
+                          {"top_k": top_k, "normalize_topk": norm, "group_size": gs,
+                           "k3_version": K3_VERSION})
     return core.compile_model(ov.Model([node.output(0)], [x, logits]), "CPU", F32)
 
 
@@ -189,9 +194,10 @@ def test_ops_roundtrip_through_ir(ext, tmp_path):
     x = ops.parameter([-1, h], np.float32)
     logits = ops.parameter([-1, e], np.float32)
     moe = factory.create("MoE3", [x.output(0), logits.output(0)] + _consts(weights),
-                         {"top_k": 2, "normalize_topk": False, "group_size": gs})
+                         {"top_k": 2, "normalize_topk": False, "group_size": gs,
+                          "k3_version": K3_VERSION})
     w, s, z, c = R.random_case(rng, 16, h, gs, "nf3")
-    mm = factory.create("MatMul3", [moe.output(0)] + _consts((w, s, z, c)), {"group_size": gs})
+    mm = factory.create("MatMul3", [moe.output(0)] + _consts((w, s, z, c)), {"group_size": gs, "k3_version": K3_VERSION})
     model = ov.Model([mm.output(0)], [x, logits])
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     xml = (tmp_path / "m.xml").read_text()
@@ -213,7 +219,7 @@ def test_default_precision_compiles(ext):
     rng = np.random.default_rng(4)
     w, s, z, c = R.random_case(rng, 32, 128, 32, "int3_sym")
     p = ops.parameter([-1, 128], np.float32)
-    node = factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": 32})
+    node = factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
     cm = core.compile_model(ov.Model([node.output(0)], [p]), "CPU")
     x = rng.standard_normal((2, 128)).astype(np.float32)
     assert _rel(cm(x)[0], R.matmul3_ref(x, w, s, z, c, 32)) < 1e-2
@@ -225,9 +231,30 @@ def test_bad_operands_rejected(ext):
     w, s, z, c = R.random_case(rng, 8, 64, 32, "int3_sym")
     p = ops.parameter([-1, 64], np.float32)
     with pytest.raises(Exception, match="12 bytes"):
-        factory.create("MatMul3", [p.output(0)] + _consts((w[..., :8], s, z, c)), {"group_size": 32})
+        factory.create("MatMul3", [p.output(0)] + _consts((w[..., :8], s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
     with pytest.raises(Exception, match="codebook"):
-        factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c[:4])), {"group_size": 32})
+        factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c[:4])), {"group_size": 32, "k3_version": K3_VERSION})
+
+
+@pytest.mark.parametrize("attrs", [{"group_size": 32}, {"group_size": 32, "k3_version": 1}])
+def test_other_k3_version_refused(ext, attrs, tmp_path):
+    """Ops carrying another k3 layout version (or none: an IR transformed by an older build) are refused at graph
+    construction and at read_model, instead of reading the weight bytes with the wrong layout."""
+    factory, core = ext
+    rng = np.random.default_rng(6)
+    w, s, z, c = R.random_case(rng, 8, 64, 32, "int3_sym")
+    p = ops.parameter([-1, 64], np.float32)
+    with pytest.raises(Exception, match="layout version"):
+        factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), attrs)
+    node = factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
+    ov.save_model(ov.Model([node.output(0)], [p]), tmp_path / "m.xml")
+    xml = (tmp_path / "m.xml").read_text()
+    assert f'k3_version="{K3_VERSION}"' in xml
+    old = xml.replace(f' k3_version="{K3_VERSION}"', "" if "k3_version" not in attrs else ' k3_version="1"')
+    (tmp_path / "old.xml").write_text(old)
+    (tmp_path / "old.bin").write_bytes((tmp_path / "m.bin").read_bytes())
+    with pytest.raises(Exception, match="layout version"):
+        core.read_model(tmp_path / "old.xml")
 
 
 # ---- randomized comparisons of the int8-activation GEMV / GEMM paths and the exact kernels (every ISA)

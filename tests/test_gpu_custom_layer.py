@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from openvino_ext.gpu import config_path, harness as H, kernel_dir
-from openvino_ext.reference import matmul3_ref, moe3_ref, random_case
+from openvino_ext.reference import K3_VERSION, matmul3_ref, moe3_ref, random_case
 
 # Op attributes as the CPU extension's visit_attributes must expose them (names and kinds).
-OP_ATTRIBUTES = {"MatMul3": {"group_size": int}, "MoE3": {"top_k": int, "normalize_topk": bool, "group_size": int}}
+OP_ATTRIBUTES = {"MatMul3": {"group_size": int, "k3_version": int},
+                 "MoE3": {"top_k": int, "normalize_topk": bool, "group_size": int, "k3_version": int}}
 OP_INPUTS = {"MatMul3": 5, "MoE3": 12}
 FORMATS = {"BFYX", "bfyx", "BYXF", "byxf", "FYXB", "fyxb", "YXFB", "yxfb", "ANY", "any"}
 
@@ -170,7 +171,7 @@ def test_matmul3_layer_runs_as_the_plugin_would(mode, m):
     rng = np.random.default_rng(21)
     w, s, z, c = random_case(rng, 45, 256, 64, mode)
     x = rng.standard_normal((m, 256)).astype(np.float32)
-    y = _run_layer("MatMul3", {"group_size": 64}, [x, w, s, z, c], (m, 45))
+    y = _run_layer("MatMul3", {"group_size": 64, "k3_version": K3_VERSION}, [x, w, s, z, c], (m, 45))
     r = matmul3_ref(x, w, s, z, c, 64)
     assert np.abs(y - r).max() / np.abs(r).max() < 2e-5
 
@@ -186,7 +187,46 @@ def test_moe3_layer_runs_as_the_plugin_would(mode, t, norm):
     c = random_case(rng, 1, 32, 32, mode)[3]
     x = rng.standard_normal((t, h)).astype(np.float32)
     lg = rng.standard_normal((t, e)).astype(np.float32)
-    attrs = {"top_k": k, "normalize_topk": norm, "group_size": gs}
+    attrs = {"top_k": k, "normalize_topk": norm, "group_size": gs, "k3_version": K3_VERSION}
     y = _run_layer("MoE3", attrs, [x, lg, *ops, c], (t, h))
     r = moe3_ref(x, lg, *ops, c, top_k=k, normalize_topk=norm, group_size=gs)
+    assert np.abs(y - r).max() / np.abs(r).max() < 2e-5
+
+
+@needs_ocl
+@pytest.mark.parametrize("attrs", [{"group_size": 64}, {"group_size": 64, "k3_version": 1}])
+def test_layer_refuses_other_k3_versions(attrs):
+    """An IR without k3_version (the XML default 1 = the old self-contained-block layout) or with another version
+    must fail to build rather than read the weights in the wrong layout."""
+    import pyopencl as cl
+
+    rng = np.random.default_rng(23)
+    w, s, z, c = random_case(rng, 8, 128, 64, "int3_sym")
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    with pytest.raises(cl.RuntimeError, match="layout version"):
+        _run_layer("MatMul3", attrs, [x, w, s, z, c], (1, 8))
+
+
+@needs_ocl
+def test_layer_k_tail_blocks():
+    """K = 96 (k3 pads each row to 128 values: Kb = 4 blocks, the last is all padding) and K = 80 with
+    group_size == K (a partial 32-value block) through the MatMul3 layer; MoE3 with H = I = 80, group_size 80."""
+    rng = np.random.default_rng(24)
+    for k, gs in ((96, 32), (80, 80)):
+        w, s, z, c = random_case(rng, 11, k, gs, "int3_asym")
+        assert w.shape[1] == 2 * -(-k // 64)
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        y = _run_layer("MatMul3", {"group_size": gs, "k3_version": K3_VERSION}, [x, w, s, z, c], (3, 11))
+        r = matmul3_ref(x, w, s, z, c, gs)
+        assert np.abs(y - r).max() / np.abs(r).max() < 2e-5, (k, gs)
+    e, h, i, k = 4, 80, 80, 2
+    ops = []
+    for n, kk in ((i, h), (i, h), (h, i)):
+        ops += list(random_case(rng, n, kk, 80, "nf3", (e,)))[:3]
+    c = random_case(rng, 1, 32, 32, "nf3")[3]
+    x = rng.standard_normal((2, h)).astype(np.float32)
+    lg = rng.standard_normal((2, e)).astype(np.float32)
+    attrs = {"top_k": k, "normalize_topk": True, "group_size": 80, "k3_version": K3_VERSION}
+    y = _run_layer("MoE3", attrs, [x, lg, *ops, c], (2, h))
+    r = moe3_ref(x, lg, *ops, c, top_k=k, normalize_topk=True, group_size=80)
     assert np.abs(y - r).max() / np.abs(r).max() < 2e-5

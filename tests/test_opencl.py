@@ -30,8 +30,15 @@ def _moe_case(rng, e, h, i, gs, mode):
 
 # ------------------------------------------------------------------------------------------------ MatMul3
 # (mode, group_size, N, K, M, path): N and K deliberately not multiples of the tiles (GEMV 4 rows x 64 blocks,
-# GEMM 32x32); K is a multiple of 32 and of group_size (contract).
+# GEMM 32x32); group_size divides K and is a multiple of 32 or K itself (contract). K not a multiple of 64: the
+# k3 row is padded to whole 64-value super-blocks (Kb even, the last block may be all padding); K = 80 / 112 with
+# group_size == K: a partial last 32-value block.
 MATMUL_CASES = [
+    ("int3_asym", 32, 23, 160, 2, "gemv"),         # Kb = 6, 5 blocks visited
+    ("nf3", 32, 40, 96, 33, "gemm"),
+    ("int3_sym", 80, 21, 80, 1, "gemv"),           # K % 32 != 0
+    ("int3_asym", 112, 19, 112, 40, "gemm"),       # K % 32 != 0
+    ("int3_asym", 32, 9, 32 * 69, 1, "gemv"),      # Kb = 70, 69 blocks: a padding block inside the 2nd K chunk
     ("int3_sym", 32, 45, 320, 1, "gemv"),
     ("int3_asym", 64, 37, 32 * 70, 3, "gemv"),   # KB=70 > 64 work-items: two K chunks, partial second
     ("nf3", 128, 50, 384, 2, "auto"),
@@ -73,6 +80,9 @@ MOE_CASES = [
     ("int3_sym", 128, 10, 256, 128, 4, True, 12, "auto"),
     ("int3_asym", 32, 6, 96, 160, 3, True, 2, "fused"),
     ("nf3", 64, 5, 576, 64, 2, False, 3, "fused"),            # > 1 hidden tile per token
+    ("int3_asym", 80, 4, 80, 80, 2, True, 2, "decode"),       # H, I not multiples of 32 (group_size == K)
+    ("nf3", 80, 4, 80, 80, 3, False, 40, "prefill"),
+    ("int3_sym", 80, 4, 80, 80, 2, True, 2, "fused"),
 ]
 
 
@@ -98,6 +108,50 @@ def test_moe3_routing_ties_prefer_lower_expert():
     kw = dict(top_k=2, normalize_topk=False, group_size=32)
     for path in ("decode", "fused"):
         assert _err(H.moe3(x, logits, *ops, c, path=path, **kw), moe3_ref(x, logits, *ops, c, **kw)) < RTOL
+
+
+# ------------------------------------------------------------------------------------------------ k3 layout v2
+def _hand_packed(k, entries):
+    """k3 version-2 bytes written straight from the spec (not via pack_k3): one row per (v, q), code q at K index v,
+    every other code 0. Super-block s = v // 64, u = v % 64: low 2 bits at byte u % 16, bits 2 * (u // 16); bit 2
+    at bit u of the little-endian uint64 in bytes 16..23."""
+    kb = 2 * -(-k // 64)
+    w = np.zeros((len(entries), kb // 2, 24), np.uint8)
+    for r, (v, q) in enumerate(entries):
+        s, u = divmod(v, 64)
+        w[r, s, u % 16] |= (q & 3) << (2 * (u // 16))
+        w[r, s, 16 + u // 8] |= ((q >> 2) & 1) << (u % 8)
+    return w.reshape(len(entries), kb, 12)
+
+
+@needs_ocl
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+def test_kernels_read_k3_v2_bytes(path):
+    """Hand-written version-2 bytes: Y = X @ W^T with X = identity picks out each code, so every (value index,
+    code) lands exactly where the spec says -- independent of pack_k3 (checked against it too)."""
+    k = 160  # 3 super-blocks, the last half padding
+    entries = [(0, 5), (15, 3), (16, 6), (31, 7), (32, 1), (47, 4), (48, 2), (63, 7), (64, 6), (100, 5), (127, 3),
+               (159, 7)]
+    w = _hand_packed(k, entries)
+    codes = np.zeros((len(entries), k), np.uint8)
+    for r, (v, q) in enumerate(entries):
+        codes[r, v] = q
+    np.testing.assert_array_equal(w, pack_k3(codes))
+    s = np.ones((len(entries), k // 32), np.float16)
+    z, c = np.array([0], np.uint8), np.arange(8, dtype=np.float16)
+    x = np.eye(k, dtype=np.float32)[: (8 if path == "gemv" else k)]
+    y = H.matmul3(x, w, s, z, c, 32, path=path, fast="none")
+    np.testing.assert_array_equal(y, codes[:, : x.shape[0]].T.astype(np.float32))
+
+
+@needs_ocl
+def test_harness_rejects_version1_shapes():
+    """Version-1 tensors had Kb = K/32 (odd for K = 96): refused instead of read with the wrong row stride."""
+    rng = np.random.default_rng(1)
+    w, s, z, c = random_case(rng, 4, 96, 32, "int3_sym")
+    assert w.shape == (4, 4, 12)
+    with pytest.raises(ValueError, match="k3"):
+        H.MatMul3Plan(w[:, :3], s, z, c, 32)
 
 
 # ------------------------------------------------------------------------------------------------ fast paths
@@ -139,6 +193,20 @@ def test_fast_paths_numerics(name):
     mref = moe3_ref(xm, lg, *ops, cb, **kw)
     assert _err(H.moe3(xm, lg, *ops, cb, path="prefill", fast=(name,), **kw), mref) < tol
     assert _err(H.moe3(xm[:1], lg[:1], *ops, cb, path="decode", fast=(name,), **kw), mref[:1]) < tol
+
+
+@needs_ocl
+@pytest.mark.parametrize("k", [32 * 69, 32 * 127])
+def test_emulated_subgroup_block_reads_with_padding_blocks(k):
+    """Sub-group block reads (emulated: one sub-group = the work-group of 64 lanes) on rows with an all-padding
+    last block (K % 64 == 32). K = 32*69: Kb = 70, a full block-read chunk then a partial (fallback) one; even rows
+    are 16-byte aligned (block reads), odd rows not (fallback). K = 32*127: Kb = 128 = two full chunks, the
+    padding block inside a block-read chunk (its lane reads but does not accumulate)."""
+    rng = np.random.default_rng(k)
+    w, s, z, c = random_case(rng, 7, k, 32, "nf3")
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    ref = matmul3_ref(x, w, s, z, c, 32)
+    assert _err(H.matmul3(x, w, s, z, c, 32, path="gemv", fast=("emulate_subgroups",)), ref) < RTOL
 
 
 @needs_ocl

@@ -212,3 +212,29 @@ def test_train_through_accelerate(tiny_models):
     assert res.steps == 3
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert changed
+
+
+def test_validation_keeps_best_step(tiny_models):
+    """Early stopping on held-out KL: the validation KL is measured at step 0 and every eval_every steps, the
+    parameters of the lowest-KL point are restored at the end — the final model's validation KL is the recorded
+    minimum (so a run that drifts away from the teacher, e.g. through the CE term, keeps its best point)."""
+    from nncf_moe3.accuracy import evaluate_torch, reference_logprobs
+
+    model = _fresh(tiny_models, "qwen3_moe")
+    teacher = copy.deepcopy(model)
+    vocab = model.config.vocab_size
+    ids = decisive_ids(teacher, vocab, shape=(2, 12))
+    val = np.random.default_rng(7).integers(0, vocab, (3, 12))
+    qat.prepare(model, "int3_asym", 16, rank=4, init="loftq", progress=False)
+    # a large lr and a pure-CE objective push the model away from the teacher after the first steps
+    res = qat.train(model, teacher, ids, steps=12, max_minutes=None, batch_size=2, lr=5e-2, scale_lr=5e-3,
+                    warmup=1, ce_weight=20.0, progress=False, val_tokens=val, eval_every=3)
+    assert [h[0] for h in res.val_history] == [0, 3, 6, 9, 12]
+    kls = [h[2] for h in res.val_history]
+    best = int(np.argmin(kls))
+    assert res.best_step == res.val_history[best][0]
+    assert kls[-1] > kls[best] * 1.5  # the run did drift: restoring mattered
+    with parametrize.cached():
+        final = evaluate_torch(model, val, reference_logprobs(teacher, val))
+    assert final.kl == pytest.approx(kls[best], rel=1e-4, abs=1e-7)
+    assert final.kl <= min(kls) + 1e-7

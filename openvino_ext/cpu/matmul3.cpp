@@ -7,7 +7,10 @@
 
 namespace nncf_moe3 {
 
-MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size) : Op(args), m_group_size(group_size) {
+int64_t k3_version_current() { return k3::K3_VERSION; }
+
+MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size, int64_t k3_version)
+    : Op(args), m_group_size(group_size), m_k3_version(k3_version) {
     constructor_validate_and_infer_types();
 }
 
@@ -18,6 +21,7 @@ void MatMul3::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
     check_weight_types(this, 1);
     check_codebook(this, 4);
+    check_k3_version(this, m_k3_version);
     const auto& xs = get_input_partial_shape(0);
     const auto& ws = get_input_partial_shape(1);
     ov::PartialShape out = ov::PartialShape::dynamic();
@@ -29,7 +33,7 @@ void MatMul3::validate_and_infer_types() {
         if (ws.rank().is_static() && ws.rank().get_length() == 3 && xs[xs.rank().get_length() - 1].is_static() &&
             ws[1].is_static())
             NODE_VALIDATION_CHECK(this,
-                                  ws[1].get_length() == (xs[xs.rank().get_length() - 1].get_length() + 31) / 32,
+                                  ws[1].get_length() == k3_blocks(xs[xs.rank().get_length() - 1].get_length()),
                                   "W ", ws, " does not hold K = ", xs[xs.rank().get_length() - 1]);
     }
     set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, out);
@@ -37,11 +41,12 @@ void MatMul3::validate_and_infer_types() {
 
 std::shared_ptr<ov::Node> MatMul3::clone_with_new_inputs(const ov::OutputVector& new_args) const {
     check_new_args_count(this, new_args);
-    return std::make_shared<MatMul3>(new_args, m_group_size);
+    return std::make_shared<MatMul3>(new_args, m_group_size, m_k3_version);
 }
 
 bool MatMul3::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("group_size", m_group_size);
+    visitor.on_attribute("k3_version", m_k3_version);
     return true;
 }
 

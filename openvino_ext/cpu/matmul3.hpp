@@ -5,12 +5,14 @@
 
 namespace nncf_moe3 {
 
+int64_t k3_version_current();  // k3::K3_VERSION
+
 class MatMul3 : public ov::op::Op {
 public:
     OPENVINO_OP("MatMul3", "nncf_moe3");
 
     MatMul3() = default;
-    MatMul3(const ov::OutputVector& args, int64_t group_size);
+    MatMul3(const ov::OutputVector& args, int64_t group_size, int64_t k3_version = k3_version_current());
 
     void validate_and_infer_types() override;
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override;
@@ -22,6 +24,7 @@ public:
 
 private:
     int64_t m_group_size = 128;
+    int64_t m_k3_version = 1;  // deserialized IRs without the attribute: version 1 (refused)
 };
 
 }  // namespace nncf_moe3

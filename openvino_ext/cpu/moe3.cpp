@@ -15,8 +15,8 @@
 
 namespace nncf_moe3 {
 
-MoE3::MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size)
-    : Op(args), m_top_k(top_k), m_normalize_topk(normalize_topk), m_group_size(group_size) {
+MoE3::MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size, int64_t k3_version)
+    : Op(args), m_top_k(top_k), m_normalize_topk(normalize_topk), m_group_size(group_size), m_k3_version(k3_version) {
     constructor_validate_and_infer_types();
 }
 
@@ -28,6 +28,7 @@ void MoE3::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
     for (size_t p : {2, 5, 8}) check_weight_types(this, p);
     check_codebook(this, 11);
+    check_k3_version(this, m_k3_version);
     NODE_VALIDATION_CHECK(this, m_top_k >= 1, "top_k must be >= 1");
     const auto& xs = get_input_partial_shape(0);
     const auto& ls = get_input_partial_shape(1);
@@ -45,13 +46,14 @@ void MoE3::validate_and_infer_types() {
 
 std::shared_ptr<ov::Node> MoE3::clone_with_new_inputs(const ov::OutputVector& new_args) const {
     check_new_args_count(this, new_args);
-    return std::make_shared<MoE3>(new_args, m_top_k, m_normalize_topk, m_group_size);
+    return std::make_shared<MoE3>(new_args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);
 }
 
 bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("top_k", m_top_k);
     visitor.on_attribute("normalize_topk", m_normalize_topk);
     visitor.on_attribute("group_size", m_group_size);
+    visitor.on_attribute("k3_version", m_k3_version);
     return true;
 }
 

@@ -5,12 +5,15 @@
 
 namespace nncf_moe3 {
 
+int64_t k3_version_current();
+
 class MoE3 : public ov::op::Op {
 public:
     OPENVINO_OP("MoE3", "nncf_moe3");
 
     MoE3() = default;
-    MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size);
+    MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size,
+         int64_t k3_version = k3_version_current());
 
     void validate_and_infer_types() override;
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override;
@@ -22,6 +25,7 @@ private:
     int64_t m_top_k = 2;
     bool m_normalize_topk = true;
     int64_t m_group_size = 128;
+    int64_t m_k3_version = 1;  // deserialized IRs without the attribute: version 1 (refused)
 };
 
 }  // namespace nncf_moe3

@@ -27,6 +27,13 @@ void check_codebook(const ov::Node* node, size_t pc) {
                           "codebook must hold 8 values, got ", cs);
 }
 
+void check_k3_version(const ov::Node* node, int64_t version) {
+    NODE_VALIDATION_CHECK(node, version == k3::K3_VERSION, "k3 weight layout version ", version,
+                          " (an IR transformed by another nncf_moe3 build; a missing k3_version attribute means 1), "
+                          "this build reads version ", k3::K3_VERSION,
+                          ": re-run openvino_ext.transform on the u3 IR (the k3 bytes would be read wrongly)");
+}
+
 k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Tensor& z, int64_t K, int64_t gs,
                          const char* what) {
     k3::WeightSet ws;
@@ -39,7 +46,8 @@ k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Ten
     ws.G = K / gs;
     ws.N = (int64_t)wsh[wsh.size() - 3];
     ws.Kb = (int64_t)wsh[wsh.size() - 2];
-    OPENVINO_ASSERT(ws.Kb == (K + k3::BLOCK - 1) / k3::BLOCK, what, ": k3 weights ", wsh, " do not match K=", K);
+    OPENVINO_ASSERT(ws.Kb == k3_blocks(K), what, ": k3 weights ", wsh, " do not match K=", K,
+                    " (k3 v2: Kb = 2 * ceil(K / 64))");
     OPENVINO_ASSERT(ssh.size() == wsh.size() - 1 && (int64_t)ssh.back() == ws.G &&
                         (int64_t)ssh[ssh.size() - 2] == ws.N,
                     what, ": scales ", ssh, " do not match weights ", wsh, " with G=", ws.G);

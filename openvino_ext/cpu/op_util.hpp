@@ -10,6 +10,10 @@ namespace nncf_moe3 {
 // Type checks of a (W, S, Z) triple at ports (pw, pw+1, pw+2) and the codebook port.
 void check_weight_types(const ov::Node* node, size_t pw);
 void check_codebook(const ov::Node* node, size_t pc);
+// The k3_version attribute must equal k3::K3_VERSION (IRs transformed by another build carry another layout).
+void check_k3_version(const ov::Node* node, int64_t version);
+// 32-value blocks per row of K values in the k3 v2 layout (always even).
+inline int64_t k3_blocks(int64_t K) { return 2 * ((K + 63) / 64); }
 
 // View of runtime tensors W [lead.., N, Kb, 12], S [lead.., N, G], Z [lead.., N, G] | [1]; K = reduction size.
 k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Tensor& z, int64_t K, int64_t gs,

@@ -4,6 +4,9 @@
 * :func:`config_path` -- ``custom_layers.xml`` for ``core.set_property("GPU", {"CONFIG_FILE": config_path()})``.
 * :mod:`openvino_ext.gpu.harness` -- runs the same ``.cl`` files through pyopencl on any OpenCL device.
 
+The kernels read the k3 weight layout version 2 (``uint8[.., N, 2*ceil(K/64), 12]``, 64-value super-blocks; see
+``openvino_ext/reference.py`` and the top of ``k3_common.cl``); other ``k3_version`` values fail the kernel build.
+
 Not yet run on an Intel GPU (or any GPU): validated on PoCL's CPU device only.
 """
 

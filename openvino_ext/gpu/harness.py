@@ -33,6 +33,12 @@ FAST_PATHS = {
 }
 _EXTENSION_OF = {"fp16": "cl_khr_fp16", "intel_subgroups": "cl_intel_subgroups", "khr_subgroups": "cl_khr_subgroups"}
 GEMV_MAX_ROWS = 8  # MatMul3 rows / MoE3 tokens up to which the GEMV (decode) kernels are used
+K3_VERSION = 2  # k3 weight layout version the kernels read (passed as -DK3_VERSION; the kernels #error on others)
+
+
+def k3_blocks(k: int) -> int:
+    """``Kb`` of a k3 (version 2) weight row of ``k`` values: 32-value blocks, padded to whole 64-value super-blocks."""
+    return 2 * -(-int(k) // 64)
 
 
 def _cl():
@@ -101,6 +107,7 @@ class Runtime:
         return name in self.device.extensions.split()
 
     def program(self, kind: str, defines: dict, fast: tuple = ()):
+        defines = {"K3_VERSION": K3_VERSION, **defines}
         opts = [f"-D{k}={int(v)}" for k, v in sorted(defines.items())]
         opts += [f"-D{FAST_PATHS[f]}" for f in sorted(fast)]
         key = (kind, tuple(opts))
@@ -170,19 +177,26 @@ def resolve_fast(rt: Runtime, fast, codebook=None) -> tuple:
     return tuple(sorted(set(fast)))
 
 
-def _gemv_local(kb: int) -> int:
-    return 32 if kb <= 32 else 64
+def _gemv_local(k: int) -> int:
+    """GEMV work-group size for rows of ``k`` values (one work-item per visited 32-value block)."""
+    return 32 if -(-k // 32) <= 32 else 64
 
 
 def _zpg(z) -> int:
     return int(np.asarray(z).size > 1)
 
 
+def _k_of(s, gs: int) -> int:
+    """K of a k3 weight from its scales ``[.., N, K/gs]`` (the k3 tensor pads K to a multiple of 64)."""
+    return int(np.shape(s)[-1]) * int(gs)
+
+
 def _check_weight(w, s, n, k, gs, lead=()):
-    if k % 32 or k % gs:
-        raise ValueError(f"K={k} must be a multiple of 32 and of group_size={gs}")
-    if tuple(w.shape) != (*lead, n, k // 32, 12) or tuple(s.shape) != (*lead, n, k // gs):
-        raise ValueError(f"k3 weight {w.shape} / scales {s.shape} do not match {(*lead, n, k)} with gs={gs}")
+    if gs <= 0 or k % gs or (gs % 32 and gs != k):
+        raise ValueError(f"group_size={gs} must divide K={k} and be a multiple of 32 or K")
+    if tuple(w.shape) != (*lead, n, k3_blocks(k), 12) or tuple(s.shape) != (*lead, n, k // gs):
+        raise ValueError(f"k3 weight {w.shape} / scales {s.shape} do not match {(*lead, n, k)} with gs={gs} "
+                         f"(k3 layout version {K3_VERSION}: [.., N, 2*ceil(K/64), 12])")
 
 
 # ------------------------------------------------------------------------------------------------ MatMul3
@@ -191,8 +205,8 @@ class MatMul3Plan:
 
     def __init__(self, w, s, z, c, group_size: int, device=None, path="auto", fast=None):
         self.rt = runtime(device)
-        self.n, kb = w.shape[0], w.shape[1]
-        self.k = kb * 32
+        self.n = w.shape[0]
+        self.k = _k_of(s, group_size)
         _check_weight(w, s, self.n, self.k, group_size)
         self.gs, self.path = int(group_size), path
         self.fast = resolve_fast(self.rt, fast, c)
@@ -209,7 +223,7 @@ class MatMul3Plan:
         defs = dict(K3_K=self.k, K3_N=self.n, K3_M=m, GROUP_SIZE=self.gs, K3_ZPG=self.zpg)
         prg = self.rt.program("matmul3", defs, self.fast)
         if path == "gemv":
-            local = _gemv_local(self.k // 32)
+            local = _gemv_local(self.k)
             jobs = m * -(-self.n // 4)
             return self.rt.launch(prg, "matmul3_gemv", (jobs * local,), (local,), xbuf, *self.bufs, ybuf)
         if path == "gemm":
@@ -240,8 +254,8 @@ class MoE3Plan:
     def __init__(self, wg, sg, zg, wu, su, zu, wd, sd, zd, c, *, top_k: int, normalize_topk: bool,
                  group_size: int, device=None, path="auto", fast=None, fused_rpt: int = 8):
         self.rt = runtime(device)
-        self.e, self.i, hb = wg.shape[:3]
-        self.h = hb * 32
+        self.e, self.i = wg.shape[:2]
+        self.h = _k_of(sg, group_size)
         _check_weight(wg, sg, self.i, self.h, group_size, (self.e,))
         _check_weight(wu, su, self.i, self.h, group_size, (self.e,))
         _check_weight(wd, sd, self.h, self.i, group_size, (self.e,))
@@ -292,9 +306,9 @@ class MoE3Plan:
         act = self._buf("act", t * k * i * 4)
         evs = [rt.launch(prg, "moe3_route", (-(-t // 32) * 32,), None, lbuf, idx, wts)]
         if path == "decode":
-            lg = _gemv_local(h // 32)
+            lg = _gemv_local(h)
             evs.append(rt.launch(prg, "moe3_gate_up_gemv", (t * k * -(-i // 4) * lg,), (lg,), xbuf, idx, wg, sg, zg, wu, su, zu, c, act))
-            ld = _gemv_local(i // 32)
+            ld = _gemv_local(i)
             evs.append(rt.launch(prg, "moe3_down_gemv", (t * -(-h // 4) * ld,), (ld,), act, idx, wts, wd, sd, zd, c, ybuf))
             return evs
         if path == "prefill":

@@ -1,7 +1,8 @@
-// moe3.cl -- MoE3: routed SwiGLU experts with k3 weights (needs k3_common.cl first).
+// moe3.cl -- MoE3: routed SwiGLU experts with k3 (layout version 2) weights (needs k3_common.cl first).
 //
 // Compile-time parameters (#define):
 //   TOP_K, NORMALIZE_TOPK (0/1), GROUP_SIZE     op attributes
+//   K3_VERSION                                  op attribute k3_version (optional, must be 2 when given)
 //   MOE_T, MOE_E, MOE_H, MOE_I                  tokens, experts, hidden, expert intermediate size
 //   ZG_PG, ZU_PG, ZD_PG                         1: that Z is per group; 0: scalar
 //   GEMV_ROWS (default 4), FUSED_RPT (default 8)
@@ -105,7 +106,7 @@ __kernel void moe3_gate_up_gemv(__global const float* X, __global const int* top
     K3_SG_EMU_DECL
     __local float scratch[2 * GEMV_ROWS * 256];
     const uint H = MOE_H, I = MOE_I;
-    const uint KB = H / K3_BLOCK, G = H / GROUP_SIZE;
+    const uint G = H / GROUP_SIZE;
     const float8 cb = k3_load_cb(C);
     const uint tiles = (I + GEMV_ROWS - 1) / GEMV_ROWS;
     for (uint job = get_group_id(0); job < MOE_T * TOP_K * tiles; job += get_num_groups(0)) {
@@ -114,9 +115,9 @@ __kernel void moe3_gate_up_gemv(__global const float* X, __global const int* top
         float part[2 * GEMV_ROWS];
         for (uint r = 0; r < 2 * GEMV_ROWS; ++r) part[r] = 0.f;
         __global const float* xrow = X + (size_t)t * H;
-        k3_gemv_accumulate(part, GEMV_ROWS, xrow, Wg, Sg, Zg, ZG_PG, e * I + n0, e * I + I, KB, G, GROUP_SIZE, cb,
+        k3_gemv_accumulate(part, GEMV_ROWS, xrow, Wg, Sg, Zg, ZG_PG, e * I + n0, e * I + I, H, G, GROUP_SIZE, cb,
                            1.f K3_GEMV_EMU_ARG);
-        k3_gemv_accumulate(part + GEMV_ROWS, GEMV_ROWS, xrow, Wu, Su, Zu, ZU_PG, e * I + n0, e * I + I, KB, G,
+        k3_gemv_accumulate(part + GEMV_ROWS, GEMV_ROWS, xrow, Wu, Su, Zu, ZU_PG, e * I + n0, e * I + I, H, G,
                            GROUP_SIZE, cb, 1.f K3_GEMV_EMU_ARG);
         K3_WG_REDUCE_ARRAY(part, 2 * GEMV_ROWS, scratch);
         const uint lid = get_local_id(0);
@@ -138,7 +139,7 @@ __kernel void moe3_down_gemv(__global const float* act, __global const int* topk
     K3_SG_EMU_DECL
     __local float scratch[GEMV_ROWS * 256];
     const uint H = MOE_H, I = MOE_I;
-    const uint KB = I / K3_BLOCK, G = I / GROUP_SIZE;
+    const uint G = I / GROUP_SIZE;
     const float8 cb = k3_load_cb(C);
     const uint tiles = (H + GEMV_ROWS - 1) / GEMV_ROWS;
     for (uint job = get_group_id(0); job < MOE_T * tiles; job += get_num_groups(0)) {
@@ -147,7 +148,7 @@ __kernel void moe3_down_gemv(__global const float* act, __global const int* topk
         for (uint r = 0; r < GEMV_ROWS; ++r) part[r] = 0.f;
         for (uint k = 0; k < TOP_K; ++k) {
             const uint tk = t * TOP_K + k, e = (uint)topk_idx[tk];
-            k3_gemv_accumulate(part, GEMV_ROWS, act + (size_t)tk * I, Wd, Sd, Zd, ZD_PG, e * H + n0, e * H + H, KB,
+            k3_gemv_accumulate(part, GEMV_ROWS, act + (size_t)tk * I, Wd, Sd, Zd, ZD_PG, e * H + n0, e * H + H, I,
                                G, GROUP_SIZE, cb, topk_w[tk] K3_GEMV_EMU_ARG);
         }
         K3_WG_REDUCE_ARRAY(part, GEMV_ROWS, scratch);
@@ -181,7 +182,7 @@ __kernel void moe3_gate_up_gemm(__global const float* X, __global const int* cou
     __local k3_lt Xs[K3_TILE * K3_TILE_LD];
     __local int xrows[K3_TILE];
     __local int entries[K3_TILE];
-    const uint H = MOE_H, I = MOE_I, KB = H / K3_BLOCK, G = H / GROUP_SIZE;
+    const uint H = MOE_H, I = MOE_I, G = H / GROUP_SIZE;
     const uint e = get_group_id(2), n0 = get_group_id(0) * K3_TILE, m0 = get_group_id(1) * K3_TILE;
     const int cnt = counts[e];
     if ((int)m0 >= cnt) return;  // uniform for the work-group
@@ -195,8 +196,8 @@ __kernel void moe3_gate_up_gemm(__global const float* X, __global const int* cou
     const float8 cb = k3_load_cb(C);
     float ga[16], ua[16];
     for (uint i = 0; i < 16u; ++i) ga[i] = ua[i] = 0.f;
-    k3_gemm_tile(ga, xrows, X, H, Wg, Sg, Zg, ZG_PG, e * I, n0, I, KB, G, GROUP_SIZE, cb, Ws, Xs);
-    k3_gemm_tile(ua, xrows, X, H, Wu, Su, Zu, ZU_PG, e * I, n0, I, KB, G, GROUP_SIZE, cb, Ws, Xs);
+    k3_gemm_tile(ga, xrows, X, H, Wg, Sg, Zg, ZG_PG, e * I, n0, I, G, GROUP_SIZE, cb, Ws, Xs);
+    k3_gemm_tile(ua, xrows, X, H, Wu, Su, Zu, ZU_PG, e * I, n0, I, G, GROUP_SIZE, cb, Ws, Xs);
     for (uint i = 0; i < 4u; ++i) {
         const int ent = entries[ly + 8u * i];
         for (uint j = 0; j < 4u; ++j) {
@@ -213,7 +214,7 @@ __kernel void moe3_down_gemm(__global const float* act, __global const int* coun
     __local k3_lt Ws[K3_TILE * K3_TILE_LD];
     __local k3_lt Xs[K3_TILE * K3_TILE_LD];
     __local int xrows[K3_TILE];
-    const uint H = MOE_H, I = MOE_I, KB = I / K3_BLOCK, G = I / GROUP_SIZE;
+    const uint H = MOE_H, I = MOE_I, G = I / GROUP_SIZE;
     const uint e = get_group_id(2), n0 = get_group_id(0) * K3_TILE, m0 = get_group_id(1) * K3_TILE;
     const int cnt = counts[e];
     if ((int)m0 >= cnt) return;
@@ -223,7 +224,7 @@ __kernel void moe3_down_gemm(__global const float* act, __global const int* coun
     const float8 cb = k3_load_cb(C);
     float acc[16];
     for (uint i = 0; i < 16u; ++i) acc[i] = 0.f;
-    k3_gemm_tile(acc, xrows, act, I, Wd, Sd, Zd, ZD_PG, e * H, n0, H, KB, G, GROUP_SIZE, cb, Ws, Xs);
+    k3_gemm_tile(acc, xrows, act, I, Wd, Sd, Zd, ZD_PG, e * H, n0, H, G, GROUP_SIZE, cb, Ws, Xs);
     for (uint i = 0; i < 4u; ++i) {
         const int ent = xrows[ly + 8u * i];
         if (ent < 0) continue;
@@ -257,7 +258,9 @@ __kernel void moe3_fused(__global const float* X, __global const float* logits, 
     __local float selw[TOP_K];
     __local float actl[256];
     const uint H = MOE_H, I = MOE_I, E = MOE_E;
-    const uint HB = H / K3_BLOCK, HG = H / GROUP_SIZE, IB = I / K3_BLOCK, IG = I / GROUP_SIZE;
+    // row strides (KB, even) and visited blocks (NB) of gate/up rows (H values) and down rows (I values)
+    const uint HB = K3_ROW_BLOCKS(H), HNB = K3_USED_BLOCKS(H), HG = H / GROUP_SIZE;
+    const uint IB = K3_ROW_BLOCKS(I), IG = I / GROUP_SIZE;
     const uint lid = get_local_id(0), L = get_local_size(0);
     const uint HT = FUSED_RPT * L, tiles = (H + HT - 1) / HT;
     const float8 cb = k3_load_cb(C);
@@ -286,12 +289,12 @@ __kernel void moe3_fused(__global const float* X, __global const float* logits, 
                 if (i < I) {
                     const uint row = e * I + i;
                     float g = 0.f, u = 0.f;
-                    for (uint kb = 0; kb < HB; ++kb) {
+                    for (uint kb = 0; kb < HNB; ++kb) {
                         float x[32];
-                        const float sx = k3_load_x32(xrow + kb * K3_BLOCK, x);
+                        const float sx = k3_load_xblock(xrow, kb, H, x);
                         const uint gg = (kb * K3_BLOCK) / GROUP_SIZE;
-                        const float dg = k3_block_dot(vload3(row * HB + kb, Wg), x, cb);
-                        const float du = k3_block_dot(vload3(row * HB + kb, Wu), x, cb);
+                        const float dg = k3_block_dot(k3_load_block(Wg, row, HB, kb), x, cb);
+                        const float du = k3_block_dot(k3_load_block(Wu, row, HB, kb), x, cb);
                         g = mad(k3_scale(Sg, row, HG, gg), dg - k3_zero(Zg, ZG_PG, row, HG, gg) * sx, g);
                         u = mad(k3_scale(Su, row, HG, gg), du - k3_zero(Zu, ZU_PG, row, HG, gg) * sx, u);
                     }
@@ -299,8 +302,9 @@ __kernel void moe3_fused(__global const float* X, __global const float* logits, 
                 }
                 actl[lid] = a;
                 barrier(CLK_LOCAL_MEM_FENCE);
-                // down: this work-item's hidden rows over the chunk's columns [c0, c0 + L)
-                const uint nb = min(L, I - c0) / K3_BLOCK;
+                // down: this work-item's hidden rows over the chunk's columns [c0, c0 + L) (actl is zero past I,
+                // so a partial last block reads zeros)
+                const uint nb = (min(L, I - c0) + K3_BLOCK - 1u) / K3_BLOCK;
                 for (uint j = 0; j < FUSED_RPT; ++j) {
                     const uint h = h0 + lid + j * L;
                     if (h >= H) break;
@@ -313,7 +317,7 @@ __kernel void moe3_fused(__global const float* X, __global const float* logits, 
                             x[q] = actl[b * K3_BLOCK + q];
                             sx += x[q];
                         }
-                        const float d = k3_block_dot(vload3(row * IB + kb, Wd), x, cb);
+                        const float d = k3_block_dot(k3_load_block(Wd, row, IB, kb), x, cb);
                         acc[j] = mad(wk * k3_scale(Sd, row, IG, gg), d - k3_zero(Zd, ZD_PG, row, IG, gg) * sx, acc[j]);
                     }
                 }

@@ -22,6 +22,7 @@ from collections import Counter
 import numpy as np
 
 from openvino_ext import u3
+from openvino_ext.reference import K3_VERSION
 from openvino_ext.transformations.decompression import U3Weight, Unsupported, etype, parse, src, tname
 
 logger = logging.getLogger("openvino_ext")
@@ -206,7 +207,7 @@ def _rewrite_moe(model, factory, layout, stats):
             ops_in += _consts((wk, s, z))
         ops_in += _consts((m["wg"].codebook,))
         moe = factory.create("MoE3", ops_in, {"top_k": int(m["top_k"]), "normalize_topk": bool(m["normalize"]),
-                                              "group_size": int(m["group_size"])})
+                                              "group_size": int(m["group_size"]), "k3_version": K3_VERSION})
         moe.set_friendly_name(node.get_friendly_name())
         for inp in list(node.output(0).get_target_inputs()):
             inp.replace_source_output(moe.output(0))
@@ -241,7 +242,7 @@ def _rewrite_matmuls(model, factory, layout, stats):
             continue
         wk, s, z, c = w.kernel_operands()
         mm = factory.create("MatMul3", [node.input(0).get_source_output()] + _consts((wk, s, z, c)),
-                            {"group_size": int(w.group_size)})
+                            {"group_size": int(w.group_size), "k3_version": K3_VERSION})
         mm.set_friendly_name(node.get_friendly_name())
         for inp in list(node.output(0).get_target_inputs()):
             inp.replace_source_output(mm.output(0))
@@ -312,7 +313,7 @@ def transform(model, target: str = "cpu"):
         _rewrite_moe(model, factory, layout, stats)
         _rewrite_matmuls(model, factory, layout, stats)
         if model.has_rt_info(U3_LAYOUT_KEY):
-            model.set_rt_info("k3", U3_LAYOUT_KEY)
+            model.set_rt_info(f"k3v{K3_VERSION}", U3_LAYOUT_KEY)
     model.validate_nodes_and_infer_types()
     last_stats.clear()
     last_stats.update(stats)

@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels (fallback for CPUs without AVX-512). Same structure as k3_avx512.cpp, 8 lanes.
-// Unpack of 8 codes (chunk c of a 32-block), lane i = code 8c+i:
-//   q = (srlv(bcast32(lo dword c/2), 2i + 16(c&1)) & 3) | ((srlv(bcast32(hi), 8c+i) & 1) << 2)
+// Unpack of 8 codes (chunk c of 32-block b = half h of its k3 v2 super-block), lane i = value 32h + 8c + i:
+//   E_c = zero-extend(low-plane bytes 8(c&1) .. 8(c&1)+7) to dwords    (byte 8(c&1)+i)
+//   q = ((E_c >> 2(2h + c/2)) & 3) | ((srlv(bcast32(hi dword h), 8c+i) & 1) << 2)
 //   value = vpermps(table[0..7], q)   (reads index bits 0..2)
 #include <immintrin.h>
 
@@ -13,30 +14,29 @@ namespace k3 {
 namespace {
 
 struct Unpacker {
-    __m256i sh_lo0, sh_lo1, sh_hi[4], three, one;
+    __m256i sh_hi[4], three, one;
     __m256 tab;
     explicit Unpacker(const Table& T) {
-        alignas(32) int a[8], b[8], h[4][8];
-        for (int i = 0; i < 8; ++i) {
-            a[i] = 2 * i;
-            b[i] = 2 * i + 16;
+        alignas(32) int h[4][8];
+        for (int i = 0; i < 8; ++i)
             for (int c = 0; c < 4; ++c) h[c][i] = 8 * c + i;
-        }
-        sh_lo0 = _mm256_load_si256((const __m256i*)a);
-        sh_lo1 = _mm256_load_si256((const __m256i*)b);
         for (int c = 0; c < 4; ++c) sh_hi[c] = _mm256_load_si256((const __m256i*)h[c]);
         three = _mm256_set1_epi32(3);
         one = _mm256_set1_epi32(1);
         tab = _mm256_loadu_ps(T.t);
     }
-    inline void values(const uint8_t* p, __m256 v[4]) const {
-        int32_t l0, l1, hh;
-        std::memcpy(&l0, p, 4);
-        std::memcpy(&l1, p + 4, 4);
-        std::memcpy(&hh, p + 8, 4);
-        const __m256i L0 = _mm256_set1_epi32(l0), L1 = _mm256_set1_epi32(l1), H = _mm256_set1_epi32(hh);
-        const __m256i lo[4] = {_mm256_srlv_epi32(L0, sh_lo0), _mm256_srlv_epi32(L0, sh_lo1),
-                               _mm256_srlv_epi32(L1, sh_lo0), _mm256_srlv_epi32(L1, sh_lo1)};
+    // table values of the 32 codes of block b of the row at `row`
+    inline void values(const uint8_t* row, int64_t b, __m256 v[4]) const {
+        const uint8_t* sp = super_of(row, b);
+        const int h = (int)(b & 1);
+        int32_t hh;
+        std::memcpy(&hh, sp + 16 + 4 * h, 4);
+        const __m256i H = _mm256_set1_epi32(hh);
+        const __m256i E0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp))),
+                      E1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sp + 8)));
+        const __m128i c0 = _mm_cvtsi32_si128(4 * h), c1 = _mm_cvtsi32_si128(4 * h + 2);
+        const __m256i lo[4] = {_mm256_srl_epi32(E0, c0), _mm256_srl_epi32(E1, c0), _mm256_srl_epi32(E0, c1),
+                               _mm256_srl_epi32(E1, c1)};
         for (int c = 0; c < 4; ++c) {
             __m256i hb = _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(H, sh_hi[c]), one), 2);
             __m256i q = _mm256_or_si256(_mm256_and_si256(lo[c], three), hb);
@@ -74,9 +74,9 @@ inline void gemv_rows(const Weight& W, const Unpacker& U, const float* x, int64_
         for (int64_t b = b0; b < b1; ++b) {
             for (int r = 0; r < R; ++r) {
                 __m256 v[4];
-                const uint8_t* p = W.w + ((n + r) * W.Kb + b) * BLOCK_BYTES;
-                _mm_prefetch((const char*)(p + pf), _MM_HINT_T0);  // next row group
-                U.values(p, v);
+                const uint8_t* row = W.w + (n + r) * W.Kb * BLOCK_BYTES;
+                _mm_prefetch((const char*)(row + b * BLOCK_BYTES + pf), _MM_HINT_T0);  // next row group
+                U.values(row, b, v);
                 for (int m = 0; m < M; ++m) {
                     const float* xp = x + m * ldx + b * BLOCK;
                     for (int c = 0; c < 4; ++c) acc[m][r] = _mm256_fmadd_ps(v[c], _mm256_loadu_ps(xp + 8 * c), acc[m][r]);
@@ -130,7 +130,7 @@ void dequant(const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf
             const int64_t b1 = b0 + W.bpg < W.Kb ? b0 + W.bpg : W.Kb;
             for (int64_t b = b0; b < b1; ++b) {
                 __m256 v[4];
-                U.values(W.w + (n * W.Kb + b) * BLOCK_BYTES, v);
+                U.values(W.w + n * W.Kb * BLOCK_BYTES, b, v);
                 for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + b * BLOCK + 8 * c, _mm256_fmadd_ps(v[c], sv, off));
             }
         }

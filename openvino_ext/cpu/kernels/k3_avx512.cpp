@@ -2,10 +2,11 @@
 // CPU has them). No std:: templates in this file: an inline template instantiated here with AVX-512 code could be
 // picked by the linker for other translation units.
 //
-// Unpack of 16 codes (half h of a 32-block) straight into vpermps indices, 3 ALU ops:
-//   A = srlv(bcast32(lo plane dword h), 2*i)          -> bits 0..1 = low 2 bits of code 16h+i
-//   B = rorv(bcast32(hi plane), (16h + i - 2) & 31)   -> bit 2 = high bit of code 16h+i (bit 3: garbage)
-//   q = ternlog(A, B, 3) = (A & 3) | (B & ~3)          -> vpermps reads bits 0..3; table entries 8..15 = 0..7
+// Unpack of the 32 codes of block b (half h = b & 1 of its k3 v2 super-block) straight into vpermps indices:
+//   E = zero-extend(16 low-plane bytes) to dwords      -> dword i = byte i (values i, 16+i, 32+i, 48+i)
+//   A_c = E >> 2(2h + c)                               -> bits 0..1 = low 2 bits of value 32h + 16c + i
+//   B_c = rorv(bcast32(hi plane dword h), (16c + i - 2) & 31) -> bit 2 = its high bit (bit 3: garbage)
+//   q_c = ternlog(A_c, B_c, 3) = (A_c & 3) | (B_c & ~3) -> vpermps reads bits 0..3; table entries 8..15 = 0..7
 #include <immintrin.h>
 
 #include <cstring>
@@ -17,7 +18,7 @@ namespace k3 {
 namespace {
 
 struct Unpacker {
-    __m512i sh_lo, rot0, rot1, three;
+    __m512i rot0, rot1, three;
     __m512 tab;
     explicit Unpacker(const Table& T) {
         alignas(64) int a[16], b[16], c[16];
@@ -26,23 +27,23 @@ struct Unpacker {
             b[i] = (i - 2) & 31;
             c[i] = (16 + i - 2) & 31;
         }
-        sh_lo = _mm512_load_si512(a);
         rot0 = _mm512_load_si512(b);
         rot1 = _mm512_load_si512(c);
         three = _mm512_set1_epi32(3);
         tab = _mm512_load_ps(T.t);
     }
-    // table values of the 32 codes of block p
-    inline void values(const uint8_t* p, __m512& v0, __m512& v1) const {
-        int32_t l0, l1, h;
-        std::memcpy(&l0, p, 4);
-        std::memcpy(&l1, p + 4, 4);
-        std::memcpy(&h, p + 8, 4);
-        const __m512i hb = _mm512_set1_epi32(h);
-        __m512i q0 = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(_mm512_set1_epi32(l0), sh_lo),
-                                               _mm512_rorv_epi32(hb, rot0), three, 0xE4);
-        __m512i q1 = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(_mm512_set1_epi32(l1), sh_lo),
-                                               _mm512_rorv_epi32(hb, rot1), three, 0xE4);
+    // table values of the 32 codes of block b of the row at `row`
+    inline void values(const uint8_t* row, int64_t b, __m512& v0, __m512& v1) const {
+        const uint8_t* sp = super_of(row, b);
+        const int h = (int)(b & 1);
+        int32_t hw;
+        std::memcpy(&hw, sp + 16 + 4 * h, 4);
+        const __m512i hb = _mm512_set1_epi32(hw);
+        const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
+        const __m512i q0 = _mm512_ternarylogic_epi32(_mm512_srl_epi32(e, _mm_cvtsi32_si128(4 * h)),
+                                                     _mm512_rorv_epi32(hb, rot0), three, 0xE4);
+        const __m512i q1 = _mm512_ternarylogic_epi32(_mm512_srl_epi32(e, _mm_cvtsi32_si128(4 * h + 2)),
+                                                     _mm512_rorv_epi32(hb, rot1), three, 0xE4);
         v0 = _mm512_permutexvar_ps(q0, tab);
         v1 = _mm512_permutexvar_ps(q1, tab);
     }
@@ -80,7 +81,7 @@ inline void gemv_rows(const Weight& W, const Unpacker& U, const float* x, int64_
                 __m512 v0, v1;
                 // software prefetch 4 rows ahead (next row group; hardware prefetch alone is far from bandwidth)
                 _mm_prefetch((const char*)(rows[r] + b * BLOCK_BYTES + pf), _MM_HINT_T0);
-                U.values(rows[r] + b * BLOCK_BYTES, v0, v1);
+                U.values(rows[r], b, v0, v1);
                 for (int m = 0; m < M; ++m) {
                     acc[m][r] = _mm512_fmadd_ps(v0, xv[m][0], acc[m][r]);
                     acc[m][r] = _mm512_fmadd_ps(v1, xv[m][1], acc[m][r]);
@@ -135,7 +136,7 @@ void dequant(const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf
             const int64_t b1 = b0 + W.bpg < W.Kb ? b0 + W.bpg : W.Kb;
             for (int64_t b = b0; b < b1; ++b) {
                 __m512 v0, v1;
-                U.values(row + b * BLOCK_BYTES, v0, v1);
+                U.values(row, b, v0, v1);
                 _mm512_storeu_ps(out + b * BLOCK, _mm512_fmadd_ps(v0, sv, off));
                 _mm512_storeu_ps(out + b * BLOCK + 16, _mm512_fmadd_ps(v1, sv, off));
             }

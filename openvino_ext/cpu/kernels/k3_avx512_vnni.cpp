@@ -2,12 +2,14 @@
 // symmetric), like OpenVINO's own CPU INT4 path (DYNAMIC_QUANTIZATION_GROUP_SIZE). Disabled by env
 // NNCF_MOE3_ACT_QUANT=0 (exact f32 kernels instead). No std:: templates in this file (see k3_avx512.cpp).
 //
-// Unpack of 64 codes (two 12-byte blocks of one row, 24 bytes, one masked load) into u8 levels, 5 ALU ops:
-//   v  = vpermb(arrange, bytes)        qword m = [lo byte 2(m%4), lo byte 2(m%4)+1, hi byte m%4] of block m/4
-//   A  = vpmultishiftqb(2j, v)          byte j of qword: bits 0..1 = low 2 bits of code 8m+j
-//   B  = vpmultishiftqb(14+j, v)        byte j: bit 2 = high bit of code 8m+j (bits 3..7 garbage)
-//   q  = ternlog(A, B, 3) = (A&3)|(B&~3)
-//   L  = vpermb(q, lut64)               lut64[i] = level[i & 7] (vpermb reads 6 index bits: masks the garbage)
+// Unpack of 64 codes (one 24-byte k3 v2 super-block = blocks 2s, 2s+1 of a row) into u8 levels in natural order,
+// no cross-lane byte shuffle:
+//   v  = vbroadcasti32x4(low plane)      the 16 low-plane bytes in each 128-bit lane
+//   q  = vpsrlvd(v, 2j in lane j) & 3    byte 16j + b = low 2 bits of value 16j + b
+//   q  = vpaddb{k = high plane}(q, 4)    + the high bit (k = the 8 high-plane bytes, kmovq)
+//   L  = vpermb(q, lut64)                real codebooks only (NF3): lut64[i] = level[i & 7]
+// A block at an odd index (group sizes 32, 96, ...) is the upper half of its super-block: the whole super-block is
+// unpacked and the activations are loaded shifted by 32 with the lower half masked to zero.
 //
 // Decode (GEMV, <= 4 tokens): rows one after another (one sequential stream per thread), L x one vpdpbusd per
 // token (64 u8 levels x 64 s8 activations -> 16 int32 lanes along K), int32 accumulators flushed per group into
@@ -64,34 +66,26 @@ inline bool same_levels(const Levels& a, const Levels& b) {
     return a.alpha == b.alpha && a.off == b.off && std::memcmp(a.lut, b.lut, 8) == 0;
 }
 
-constexpr __mmask32 TWO_BLOCKS = 0xFFFFFFu, ONE_BLOCK = 0xFFFu;
+constexpr __mmask64 LOW_HALF = 0x00000000FFFFFFFFull, HIGH_HALF = 0xFFFFFFFF00000000ull;
 
 struct Unpack {
-    __m512i arrange, ctl_lo, ctl_hi, three, seven, lut;
+    __m512i shifts, three, four, lut;
     explicit Unpack(const Levels& L) {
-        alignas(64) uint8_t arr[64], clo[64], chi[64];
-        for (int i = 0; i < 64; ++i) {
-            const int m = i / 8, j = i % 8, base = 12 * (m / 4), c = m % 4;
-            arr[i] = (uint8_t)(j == 0 ? base + 2 * c : j == 1 ? base + 2 * c + 1 : base + 8 + c);
-            clo[i] = (uint8_t)(2 * j);
-            chi[i] = (uint8_t)(14 + j);
-        }
-        arrange = _mm512_load_si512(arr);
-        ctl_lo = _mm512_load_si512(clo);
-        ctl_hi = _mm512_load_si512(chi);
+        shifts = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
         three = _mm512_set1_epi8(3);
-        seven = _mm512_set1_epi8(7);
+        four = _mm512_set1_epi8(4);
         lut = _mm512_load_si512(L.lut);
     }
-    // u8 levels of the 64 codes of two consecutive blocks at p (k = ONE_BLOCK: codes 32..63 read as code 0)
+    // u8 levels of the 64 codes of the super-block at sp
     template <bool LUT>
-    inline __m512i levels(const uint8_t* p, __mmask32 k) const {
-        const __m512i raw = _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(k, p));
-        const __m512i v = _mm512_permutexvar_epi8(arrange, raw);
-        const __m512i q = _mm512_ternarylogic_epi32(_mm512_multishift_epi64_epi8(ctl_lo, v),
-                                                    _mm512_multishift_epi64_epi8(ctl_hi, v), three, 0xE4);
-        // integer codebooks: level = code (q & 7); otherwise the 64-entry byte LUT
-        return LUT ? _mm512_permutexvar_epi8(q, lut) : _mm512_and_si512(q, seven);
+    inline __m512i levels(const uint8_t* sp) const {
+        const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
+        uint64_t hi;
+        std::memcpy(&hi, sp + 16, 8);
+        const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, shifts), three);
+        const __m512i c = _mm512_mask_add_epi8(q, _cvtu64_mask64(hi), q, four);
+        // integer codebooks: level = code; otherwise the 64-entry byte LUT
+        return LUT ? _mm512_permutexvar_epi8(c, lut) : c;
     }
 };
 
@@ -184,18 +178,35 @@ inline void row1(const Weight& W, int64_t n, const float* f, int64_t fs, const T
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, c0 = a0;
         int64_t b = g * bpg;
         const int64_t b1 = b + bpg;
+        if (b & 1) {  // odd block: upper half of super-block b - 1 (activations shifted, lower half masked)
+            const __m512i lv = U.levels<LUT>(p + (b - 1) * BLOCK_BYTES);
+            __m512i xv = _mm512_maskz_loadu_epi8(HIGH_HALF, x0 + (b - 1) * BLOCK);
+            K3_DPBUSD(a0, lv, xv);
+            if (M > 1) {
+                xv = _mm512_maskz_loadu_epi8(HIGH_HALF, x1 + (b - 1) * BLOCK);
+                K3_DPBUSD(a1, lv, xv);
+            }
+            if (M > 2) {
+                xv = _mm512_maskz_loadu_epi8(HIGH_HALF, x2 + (b - 1) * BLOCK);
+                K3_DPBUSD(a2, lv, xv);
+            }
+            if (M > 3) {
+                xv = _mm512_maskz_loadu_epi8(HIGH_HALF, x3 + (b - 1) * BLOCK);
+                K3_DPBUSD(a3, lv, xv);
+            }
+            ++b;
+        }
         if (M == 1)
             for (; b + 4 <= b1; b += 4) {
                 if (K3_PF_BYTES) _mm_prefetch((const char*)(p + b * BLOCK_BYTES + pf), K3_PF_HINT);
-                const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES, TWO_BLOCKS),
-                              lw = U.levels<LUT>(p + (b + 2) * BLOCK_BYTES, TWO_BLOCKS);
+                const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES), lw = U.levels<LUT>(p + (b + 2) * BLOCK_BYTES);
                 const __m512i xa = _mm512_loadu_si512(x0 + b * BLOCK), xb = _mm512_loadu_si512(x0 + (b + 2) * BLOCK);
                 K3_DPBUSD(a0, lv, xa);
                 K3_DPBUSD(c0, lw, xb);
             }
         for (; b + 2 <= b1; b += 2) {
             if (K3_PF_BYTES) _mm_prefetch((const char*)(p + b * BLOCK_BYTES + pf), K3_PF_HINT);
-            const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES, TWO_BLOCKS);
+            const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES);
             __m512i xv = _mm512_loadu_si512(x0 + b * BLOCK);
             K3_DPBUSD(a0, lv, xv);
             if (M > 1) {
@@ -211,9 +222,9 @@ inline void row1(const Weight& W, int64_t n, const float* f, int64_t fs, const T
                 K3_DPBUSD(a3, lv, xv);
             }
         }
-        if (b < b1) {  // odd number of blocks per group (group size 32, 96, ...): one block, upper half masked
-            const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES, ONE_BLOCK);
-            const __mmask64 k = 0xFFFFFFFFull;
+        if (b < b1) {  // one even block left (group size 32, 96, ...): lower half of its super-block
+            const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES);
+            const __mmask64 k = LOW_HALF;
             __m512i xv = _mm512_maskz_loadu_epi8(k, x0 + b * BLOCK);
             K3_DPBUSD(a0, lv, xv);
             if (M > 1) {
@@ -422,14 +433,12 @@ void unpack_tile(const Weight& W, const Unpack& U, int64_t rt, int64_t nrows, in
     for (int nb = 0; nb < NB; ++nb) {
         const int64_t r0 = rt + nb * 16;
         const int rv = nrows - nb * 16 < 16 ? (int)(nrows - nb * 16) : 16;
-        for (int64_t b = 0; b < W.Kb; b += 2) {
-            const bool two = b + 2 <= W.Kb;
+        for (int64_t b = 0; b < W.Kb; b += 2) {  // Kb is even (k3 v2)
             __m512i L[16];
             for (int r = 0; r < 16; ++r)
-                L[r] = r < rv ? U.levels<LUT>(W.w + (r0 + r) * rb + b * BLOCK_BYTES, two ? TWO_BLOCKS : ONE_BLOCK)
-                              : _mm512_setzero_si512();
+                L[r] = r < rv ? U.levels<LUT>(W.w + (r0 + r) * rb + b * BLOCK_BYTES) : _mm512_setzero_si512();
             transpose16(L);
-            const int nj = two ? 16 : 8;
+            const int nj = 16;
             uint8_t* dst = wb + (b * 8 * NB + nb) * 64;
             for (int j = 0; j < nj; ++j) _mm512_store_si512(dst + j * NB * 64, L[j]);
         }

@@ -1,5 +1,7 @@
 // k3 weight kernels: one function table per ISA (scalar / AVX2 / AVX-512), chosen at runtime.
-// Layout and dequantization contract: openvino_ext/reference.py (w = S * (C[q] - Z), 12-byte blocks of 32 codes).
+// Layout and dequantization contract: openvino_ext/reference.py (w = S * (C[q] - Z); k3 version 2: 24-byte
+// super-blocks of 64 codes = [16 B low-2-bit plane: value v at byte v % 16, bits 2 (v / 16)] [8 B high-bit plane,
+// u64 LE, value v at bit v], addressed as pairs of 32-value "blocks" of 12 bytes; Kb is always even).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,17 +11,34 @@ namespace k3 {
 
 constexpr int BLOCK = 32;
 constexpr int BLOCK_BYTES = 12;
+constexpr int SUPER_BYTES = 24;  // 64 values
+constexpr int64_t K3_VERSION = 2;  // the ops' k3_version attribute (IRs transformed with another layout are refused)
 constexpr int GEMV_MAX_M = 4;  // token counts up to this use the fused unpack+dot GEMV, above it a GEMM
 constexpr int TILE_ROWS = 8;   // rows dequantized at once on the GEMM (prefill) path
 
 // One k3 weight matrix [N, K] (an expert slice or a dense weight).
 struct Weight {
-    const uint8_t* w;   // [N][Kb][12]
+    const uint8_t* w;   // [N][Kb][12] (k3 v2: Kb even, row n at w + n * Kb * 12)
     const uint16_t* s;  // f16 [N][G] scales, or nullptr when sf is set
     const float* sf;    // f32 [N][G] scales (the CPU plugin converts f16 constants of unknown ops to f32)
     const uint8_t* z;   // u8 [N][G] per-group zero points, or nullptr (scalar zero point folded into the table)
     int64_t N, K, Kb, G, bpg;  // bpg: 32-blocks per group (Kb when G == 1)
 };
+
+// Super-block holding 32-value block b of a row (the block is its half b & 1).
+inline const uint8_t* super_of(const uint8_t* row, int64_t b) { return row + (b >> 1) * SUPER_BYTES; }
+
+// The 32 codes of block b of a row (portable; setup code, the scalar kernels and tests).
+inline void unpack_block(const uint8_t* row, int64_t b, uint8_t q[32]) {
+    const uint8_t* sp = super_of(row, b);
+    uint64_t hi;
+    __builtin_memcpy(&hi, sp + 16, 8);
+    const int h = (int)(b & 1);
+    for (int i = 0; i < 32; ++i) {
+        const int v = 32 * h + i;
+        q[i] = (uint8_t)(((sp[v & 15] >> (2 * (v >> 4))) & 3u) | (((hi >> v) & 1u) << 2));
+    }
+}
 
 // Codebook table, 16 entries, t[i] = C[i & 7] - z_scalar (the upper 8 duplicate the lower 8 so that index bit 3
 // may hold garbage; AVX-512 vpermps reads 4 index bits).

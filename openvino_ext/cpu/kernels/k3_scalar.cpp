@@ -8,15 +8,6 @@ namespace nncf_moe3 {
 namespace k3 {
 namespace {
 
-inline void unpack_block(const uint8_t* p, uint8_t q[32]) {
-    uint64_t lo;
-    uint32_t hi;
-    std::memcpy(&lo, p, 8);
-    std::memcpy(&hi, p + 8, 4);
-    for (int i = 0; i < 32; ++i)
-        q[i] = (uint8_t)(((lo >> (2 * i)) & 3u) | (((hi >> i) & 1u) << 2));
-}
-
 void gemv(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, const float* xs, int64_t n0,
           int64_t n1, float* y, int64_t ldy) {
     uint8_t q[32];
@@ -26,7 +17,7 @@ void gemv(const Weight& W, const Table& T, const float* x, int64_t ldx, int M, c
             float acc[GEMV_MAX_M] = {0, 0, 0, 0};
             int64_t b1 = (g + 1) * W.bpg < W.Kb ? (g + 1) * W.bpg : W.Kb;
             for (int64_t b = g * W.bpg; b < b1; ++b) {
-                unpack_block(W.w + (n * W.Kb + b) * BLOCK_BYTES, q);
+                unpack_block(W.w + n * W.Kb * BLOCK_BYTES, b, q);
                 for (int m = 0; m < M; ++m) {
                     const float* xp = x + m * ldx + b * BLOCK;
                     float a = 0.f;
@@ -47,11 +38,12 @@ void dequant(const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf
     const int64_t kp = W.Kb * BLOCK;
     for (int64_t n = n0; n < n1; ++n) {
         float* out = buf + (n - n0) * kp;
-        for (int64_t b = 0; b < W.Kb; ++b) {
+        const int64_t used = W.G == 1 ? W.Kb : W.G * W.bpg;  // blocks past the last group: padding (caller zeros)
+        for (int64_t b = 0; b < used; ++b) {
             int64_t g = b / W.bpg;
             float s = (W.sf ? W.sf[n * W.G + g] : f16_to_f32(W.s[n * W.G + g]));
             float zz = W.z ? (float)W.z[n * W.G + g] : 0.f;
-            unpack_block(W.w + (n * W.Kb + b) * BLOCK_BYTES, q);
+            unpack_block(W.w + n * W.Kb * BLOCK_BYTES, b, q);
             for (int i = 0; i < 32; ++i) out[b * BLOCK + i] = s * (T.t[q[i]] - zz);
         }
     }
