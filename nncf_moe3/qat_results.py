@@ -4,7 +4,8 @@ scales. Prints a markdown table (held-out ppl, KL, wall time) — the SUMMARY.md
     python -m nncf_moe3.qat_results --steps 200 --out out/qat_ablation
 
 Every row trains the same number of steps on the same batches (seeded) from the same fp model, distilling from it,
-with the example's defaults (int3_asym g64, rank 8, lr 2e-3, LSQ scale lr 1e-4, KL + 0.1 CE, batch 8 × 256). Rows with the PTQ
+with the example's recipe (int3_asym g64, rank 8, lr 5e-4, LSQ scale lr 2e-5, KL + 0.2 CE, batch 8 × 256; override with
+--lr / --scale-lr / --ce-weight; SUMMARY.md's table used --lr 2e-3 --scale-lr 1e-4 --ce-weight 0.1). Rows with the PTQ
 start begin from ``compress_weights(..., dataset=calibration)``'s GPTQ solution; "RTN" rows from round-to-nearest with
 searched scales. PiSSA keeps its adapter in full precision and is evaluated in torch only (its extra bits are listed).
 """
@@ -35,6 +36,9 @@ ROWS = [
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--scale-lr", type=float, default=2e-5)
+    ap.add_argument("--ce-weight", type=float, default=0.2)
     ap.add_argument("--mode", default="int3_asym")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--eval-windows", type=int, default=128)
@@ -75,12 +79,14 @@ def main(argv=None) -> int:
     for i, (label, start, init, lsq) in enumerate(ROWS):
         if i not in pick:
             continue
-        key = f"{label}|{args.mode}|{args.group_size}|{args.steps}|{args.eval_windows}"
+        key = (f"{label}|{args.mode}|{args.group_size}|{args.steps}|{args.eval_windows}|"
+               f"{args.lr}|{args.scale_lr}|{args.ce_weight}")
         if key not in cache:
             m = copy.deepcopy(fp_model)
             qat.prepare(m, args.mode, args.group_size, init=init, lsq=lsq,
                         init_from=ptq_ir if start == "ptq" else None, progress=False)
-            res = qat.train(m, fp_model, stream, steps=args.steps, max_minutes=None, seed=0, progress=False)
+            res = qat.train(m, fp_model, stream, steps=args.steps, max_minutes=None, seed=0, progress=False,
+                            lr=args.lr, scale_lr=args.scale_lr, ce_weight=args.ce_weight)
             with parametrize.cached():
                 r = evaluate_torch(m, ev, ref)
             extra = "—"
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
     gap_ptq = ptq.ppl - fp.ppl
     lines = [f"QAT ablation — {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
              f"{args.mode} g{args.group_size}; {ev.shape[0]}x{ev.shape[1]} held-out tokens; equal steps ({args.steps}, "
-             "batch 8x256)", "",
+             f"batch 8x256, lr {args.lr}, scale lr {args.scale_lr}, CE weight {args.ce_weight})", "",
              "| configuration | held-out ppl | KL to fp | gap to fp / PTQ gap | train min | note |", "|---|---|---|---|---|---|"]
     for label, ppl, kl, minutes, extra in rows:
         ratio = "—" if label.startswith("fp") else f"{(ppl - fp.ppl) / gap_ptq:.2f}"

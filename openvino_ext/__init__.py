@@ -32,11 +32,12 @@ def register(core, device: str | None = None):
     return _register(core, device)
 
 
-def transform(model, target: str = "cpu"):
-    """Rewrite u3 decompression subgraphs: ``"cpu"`` -> MatMul3 / MoE3 ops, ``"widen"`` -> u4 (stock plugins)."""
+def transform(model, target: str = "cpu", *, fuse: bool = True):
+    """Rewrite u3 decompression subgraphs: ``"cpu"`` -> MatMul3 / MoE3 ops (``fuse``: MatMul3 ops sharing their
+    input, e.g. q/k/v, merged into one), ``"widen"`` -> u4 (stock plugins)."""
     from openvino_ext.transformations import transform as _transform
 
-    return _transform(model, target)
+    return _transform(model, target, fuse=fuse)
 
 
 def _clib():

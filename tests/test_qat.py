@@ -238,3 +238,18 @@ def test_validation_keeps_best_step(tiny_models):
         final = evaluate_torch(model, val, reference_logprobs(teacher, val))
     assert final.kl == pytest.approx(kls[best], rel=1e-4, abs=1e-7)
     assert final.kl <= min(kls) + 1e-7
+
+
+def test_disjoint_validation_windows():
+    """Validation windows never overlap the (random, seeded) evaluation windows of the same stream."""
+    from nncf_moe3.reference import data
+
+    stream = np.arange(20000)
+    taken = data.make_windows(stream, 64, 40, seed=5)
+    val = data.disjoint_windows(stream, 64, 50, taken_seed=5, taken_count=40)
+    assert val.shape == (50, 64)
+    used = set(taken.ravel().tolist())
+    assert not used & set(val.ravel().tolist())
+    assert (np.diff(val, axis=1) == 1).all()  # consecutive text
+    with pytest.raises(ValueError, match="free"):
+        data.disjoint_windows(stream[:3000], 64, 40, taken_seed=5, taken_count=40)

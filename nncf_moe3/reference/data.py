@@ -94,3 +94,23 @@ def make_windows(stream: np.ndarray, seq_len: int, count: int | None = None, see
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(stream) - seq_len, size=count)
     return np.stack([stream[s : s + seq_len] for s in starts])
+
+
+def disjoint_windows(stream: np.ndarray, seq_len: int, count: int, taken_seed: int, taken_count: int,
+                     taken_len: int | None = None, seed: int = 0) -> np.ndarray:
+    """``count`` windows of ``stream`` at random (``seed``) positions that overlap none of the ``taken_count``
+    random windows :func:`make_windows` cuts with ``seed=taken_seed`` (e.g. validation windows next to the frozen
+    evaluation windows of the held-out split), nor each other. Raises when the stream has too little free room."""
+    taken_len = taken_len or seq_len
+    rng = np.random.default_rng(taken_seed)
+    starts = rng.integers(0, len(stream) - taken_len, size=taken_count)
+    used = np.zeros(len(stream) + 1, dtype=np.int64)
+    np.add.at(used, starts, 1)
+    np.add.at(used, starts + taken_len, -1)
+    free = np.cumsum(used)[: len(stream)] == 0
+    # candidate starts: seq_len-aligned slots that are entirely free
+    slots = [p for p in range(0, len(stream) - seq_len + 1, seq_len) if free[p: p + seq_len].all()]
+    if len(slots) < count:
+        raise ValueError(f"only {len(slots)} of {count} windows of {seq_len} tokens are free of the taken windows")
+    pick = np.sort(np.random.default_rng(seed).choice(len(slots), size=count, replace=False))
+    return np.stack([stream[slots[i]: slots[i] + seq_len] for i in pick])

@@ -83,7 +83,8 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
         QActBuf qx;
         quantize_rows(Kn, x, K, M, K, Kp, ws.gs, qx);
         const QAct Q = qx.view();
-        const int64_t rchunk = M <= GEMV_MAX_M ? row_chunk(ws.N, 1, 4 * threads, 64) : 64;
+        // decode: up to 256 rows per task (one long sequential weight stream, as in MoE3), >= 4 tasks per thread
+        const int64_t rchunk = M <= GEMV_MAX_M ? row_chunk(ws.N, 1, 4 * threads, 256) : 64;
         const int64_t rtasks = (ws.N + rchunk - 1) / rchunk;
         int64_t mchunk = M;
         if (M > GEMV_MAX_M)

@@ -230,7 +230,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         });
         clk.lap(2);
         std::vector<QActBuf> qa(A);
-        parallel_for(A, [&](int64_t a) {
+        const auto quantize_act = [&](int64_t a) {
             const int64_t Te = (int64_t)tok[active[a]].size();
             qa[a].ldq = Ip;
             qa[a].G = wd.G;
@@ -238,7 +238,11 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             qa[a].dx.resize(Te * wd.G);
             qa[a].sum.resize(Te * wd.G);
             Kn.quantize(act[a].data(), I, Te, I, Ip, wd.gs, qa[a].q.data(), qa[a].dx.data(), qa[a].sum.data());
-        });
+        };
+        if (max_te <= GEMV_MAX_M)  // decode: A x I values, cheaper than a fork / join of the thread pool
+            for (int64_t a = 0; a < A; ++a) quantize_act(a);
+        else
+            parallel_for(A, quantize_act);
         clk.lap(3);
         parallel_for(nch2, [&](int64_t c) {
             const int64_t n0 = c * rc2, n1 = std::min(H, n0 + rc2), nr = n1 - n0;

@@ -4,7 +4,11 @@
     * tiled MoE blocks whose routed experts are u3 (gate / up / down ``[E, N, K]``) -> one ``MoE3`` op per block;
       the router logits stay computed by the graph's MatMul (``MatMul -> Softmax -> TopK -> [Divide by ReduceSum]
       -> ScatterElementsUpdate -> Transpose -> Reshape -> Multiply -> ReduceSum``, reference ``openvino.md`` §3.2);
-    * every other u3 decompression subgraph feeding a MatMul with a 2-D weight -> ``MatMul3``.
+    * every other u3 decompression subgraph feeding a MatMul with a 2-D weight -> ``MatMul3``;
+    * ``fuse=True`` (default): MatMul3 ops reading the same activations with the same K / group size / zero-point
+      kind / codebook (q/k/v projections, a shared expert's gate/up) -> one MatMul3 over the concatenated rows +
+      ``VariadicSplit`` (one weight stream, one activation quantization and one thread-pool dispatch instead of
+      several; per-row results are identical).
 ``transform(model, "widen")``
     u3 constants -> u4 (lossless), the scalar i8 zero point of INT3_SYM -> u4 and per-group u3 zero points -> u4,
     the rest of the subgraph unchanged: stock plugins then keep the weights compressed (INT4 kernels).
@@ -249,6 +253,60 @@ def _rewrite_matmuls(model, factory, layout, stats):
         stats["MatMul3"] += 1
 
 
+def _const_data(output):
+    node = output.get_node()
+    if tname(node) != "Constant":
+        return None
+    return np.asarray(node.get_data())
+
+
+def _fuse_matmul3(model, factory, stats):
+    """Merge MatMul3 ops that share their activation input (see module docstring)."""
+    from openvino import opset13 as ops
+
+    groups: dict = {}
+    for node in model.get_ordered_ops():
+        if tname(node) != "MatMul3":
+            continue
+        src_out = node.input(0).get_source_output()
+        groups.setdefault((src_out.get_node().get_name(), src_out.get_index()), []).append(node)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        parts = []
+        for node in members:
+            w, s_, z, c = (_const_data(node.input(i).get_source_output()) for i in range(1, 5))
+            if any(a is None for a in (w, s_, z, c)):
+                continue
+            parts.append((node, w, s_, z, c, node.get_attributes()))
+        # fusable sets: same K blocks, group size, scale dtype, codebook and zero-point kind (scalar: same value)
+        buckets: dict = {}
+        for part in parts:
+            node, w, s_, z, c, attrs = part
+            zkind = ("scalar", int(z.ravel()[0])) if z.size == 1 else ("group", z.shape[-1])
+            key = (w.shape[1], int(attrs["group_size"]), int(attrs.get("k3_version", 0)), str(s_.dtype), s_.shape[-1],
+                   zkind, c.astype(np.float32).tobytes())
+            buckets.setdefault(key, []).append(part)
+        for bucket in buckets.values():
+            if len(bucket) < 2:
+                continue
+            nodes = [b[0] for b in bucket]
+            w = np.concatenate([b[1] for b in bucket], axis=0)
+            sc = np.concatenate([b[2] for b in bucket], axis=0)
+            z = bucket[0][3] if bucket[0][3].size == 1 else np.concatenate([b[3] for b in bucket], axis=0)
+            attrs = bucket[0][5]
+            fused = factory.create("MatMul3", [nodes[0].input(0).get_source_output()] + _consts((w, sc, z, bucket[0][4])),
+                                   {"group_size": int(attrs["group_size"]), "k3_version": int(attrs["k3_version"])})
+            fused.set_friendly_name(" + ".join(n.get_friendly_name() for n in nodes))
+            lengths = np.array([b[1].shape[0] for b in bucket], dtype=np.int64)
+            split = ops.variadic_split(fused.output(0), ops.constant(np.int64(-1)), ops.constant(lengths))
+            for i, node in enumerate(nodes):
+                for inp in list(node.output(0).get_target_inputs()):
+                    inp.replace_source_output(split.output(i))
+            stats["MatMul3 fused groups"] += 1
+            stats["MatMul3 fused away"] += len(nodes) - 1
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # widen: u3 -> u4
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,8 +358,9 @@ def _widen(model, layout, stats):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def transform(model, target: str = "cpu"):
-    """Rewrite ``model`` in place for ``target`` (``"cpu"`` or ``"widen"``) and return it (see module docstring)."""
+def transform(model, target: str = "cpu", *, fuse: bool = True):
+    """Rewrite ``model`` in place for ``target`` (``"cpu"`` or ``"widen"``) and return it (see module docstring).
+    ``fuse`` (target "cpu"): merge MatMul3 ops that read the same activations into one."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
     layout = model_layout(model)
@@ -312,6 +371,8 @@ def transform(model, target: str = "cpu"):
         factory = _factory()
         _rewrite_moe(model, factory, layout, stats)
         _rewrite_matmuls(model, factory, layout, stats)
+        if fuse:
+            _fuse_matmul3(model, factory, stats)
         if model.has_rt_info(U3_LAYOUT_KEY):
             model.set_rt_info(f"k3v{K3_VERSION}", U3_LAYOUT_KEY)
     model.validate_nodes_and_infer_types()
