@@ -137,27 +137,28 @@ inline void prefetch_factors(const Weight& W, int64_t n, int64_t n1) {
         for (int64_t i = 0; i < rows * W.G; i += 64) _mm_prefetch(reinterpret_cast<const char*>(W.z + n * W.G + i), _MM_HINT_T0);
 }
 
+// Up to 16 consecutive per-group factors starting at group index i (= n * G + g) under mask k:
+// sv = s / alpha, zo = off + alpha * z (zo = off without per-group zero points).
+inline void group_factors(const Weight& W, const Levels& L, int64_t i, __mmask16 k, __m512& sv, __m512& zo) {
+    sv = W.sf ? _mm512_maskz_loadu_ps(k, W.sf + i) : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, W.s + i));
+    sv = _mm512_mul_ps(sv, _mm512_set1_ps(1.f / L.alpha));
+    zo = _mm512_set1_ps(L.off);
+    if (W.z)
+        zo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, W.z + i))),
+                             _mm512_set1_ps(L.alpha), zo);
+}
+
 // Per-row group factors f[m][g] = s_g / alpha * dx[m][g] (vectorized over groups) and the zero-point / level-offset
 // correction sum_g f[m][g] * (off + alpha * z_g) * sum_q[m][g].
 template <int M>
 inline void row_factors(const Weight& W, const Levels& L, const TokX& X, int64_t n, float* f, float* corr) {
-    const __m512 inv_alpha = _mm512_set1_ps(1.f / L.alpha), offv = _mm512_set1_ps(L.off),
-                 alphav = _mm512_set1_ps(L.alpha);
     __m512 c[M];
     for (int m = 0; m < M; ++m) c[m] = _mm512_setzero_ps();
     for (int64_t g = 0; g < W.G; g += 16) {
         const int rem = W.G - g < 16 ? (int)(W.G - g) : 16;
         const __mmask16 k = (__mmask16)((1u << rem) - 1u);
-        __m512 s;
-        if (W.sf)
-            s = _mm512_maskz_loadu_ps(k, W.sf + n * W.G + g);
-        else
-            s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, W.s + n * W.G + g));
-        s = _mm512_mul_ps(s, inv_alpha);
-        __m512 zo = offv;
-        if (W.z)
-            zo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, W.z + n * W.G + g))),
-                                 alphav, offv);
+        __m512 s, zo;
+        group_factors(W, L, n * W.G + g, k, s, zo);
         for (int m = 0; m < M; ++m) {
             const __m512 fm = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, X.dx[m] + g));
             _mm512_mask_storeu_ps(f + m * Q8_MAX_G + g, k, fm);
@@ -307,21 +308,11 @@ template <int M>
 inline void block_factors(const Weight& W, const Levels& L, const FactorRep& fr, int64_t n, float* f, float* corr) {
     const int64_t len = 4 * W.G;
     alignas(64) float prod[GEMV_MAX_M][REP];
-    const __m512 inv_alpha = _mm512_set1_ps(1.f / L.alpha), offv = _mm512_set1_ps(L.off),
-                 alphav = _mm512_set1_ps(L.alpha);
     for (int64_t i = 0; i < len; i += 16) {
         const int rem = len - i < 16 ? (int)(len - i) : 16;
         const __mmask16 k = (__mmask16)((1u << rem) - 1u);
-        __m512 sv;
-        if (W.sf)
-            sv = _mm512_maskz_loadu_ps(k, W.sf + n * W.G + i);
-        else
-            sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, W.s + n * W.G + i));
-        sv = _mm512_mul_ps(sv, inv_alpha);
-        __m512 zo = offv;
-        if (W.z)
-            zo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, W.z + n * W.G + i))),
-                                 alphav, offv);
+        __m512 sv, zo;
+        group_factors(W, L, n * W.G + i, k, sv, zo);
         for (int m = 0; m < M; ++m) {
             const __m512 fm = _mm512_mul_ps(sv, _mm512_load_ps(fr.dx[m] + i));
             _mm512_mask_storeu_ps(f + m * len + i, k, fm);
