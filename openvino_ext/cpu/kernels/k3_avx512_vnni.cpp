@@ -449,6 +449,23 @@ void unpack_tile(const Weight& W, const Unpack& U, int64_t rt, int64_t nrows, in
     }
 }
 
+// One 64-row tile of a GEMM call (VNNI and AMX): codes unpacked into the tile layout, and per (group, row) the factors
+// sv = s / alpha and zt = off + alpha * z (rows past nrows: 0 / off).
+inline void prepare_tile(const Weight& W, const Levels& L, const Unpack& U, int64_t rt, int64_t nrows, uint8_t* tile,
+                         float* sv, float* zt) {
+    if (L.ident)
+        unpack_tile<false>(W, U, rt, nrows, NBMAX, tile);
+    else
+        unpack_tile<true>(W, U, rt, nrows, NBMAX, tile);
+    const float inv_alpha = 1.f / L.alpha;
+    for (int64_t g = 0; g < W.G; ++g)
+        for (int64_t r = 0; r < TR; ++r) {
+            const bool ok = r < nrows;
+            sv[g * TR + r] = ok ? scale_at(W, (rt + r) * W.G + g) * inv_alpha : 0.f;
+            zt[g * TR + r] = L.off + (ok && W.z ? L.alpha * (float)W.z[(rt + r) * W.G + g] : 0.f);
+        }
+}
+
 struct TileCtx {
     const uint8_t* wb;   // unpacked tile [Kb*8][NB][64]
     int64_t ksg, G;      // k-steps per group, groups
@@ -604,19 +621,9 @@ void avx512_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const i
     float* sv = reinterpret_cast<float*>(wb + ksteps * NBMAX * 64);
     float* zt = sv + W.G * TR;
     float* C = zt + W.G * TR;
-    const float inv_alpha = 1.f / L.alpha;
     for (int64_t rt = n0; rt < n1; rt += TR) {
         const int64_t nrows = n1 - rt < TR ? n1 - rt : TR;
-        if (L.ident)
-            unpack_tile<false>(W, U, rt, nrows, NBMAX, tile);
-        else
-            unpack_tile<true>(W, U, rt, nrows, NBMAX, tile);
-        for (int64_t g = 0; g < W.G; ++g)
-            for (int64_t r = 0; r < TR; ++r) {
-                const bool ok = r < nrows;
-                sv[g * TR + r] = ok ? scale_at(W, (rt + r) * W.G + g) * inv_alpha : 0.f;
-                zt[g * TR + r] = L.off + (ok && W.z ? L.alpha * (float)W.z[(rt + r) * W.G + g] : 0.f);
-            }
+        prepare_tile(W, L, U, rt, nrows, tile, sv, zt);
         const TileCtx c{tile, ksg, W.G, sv, zt};
         for (int64_t m0 = 0; m0 < M; m0 += MT) {
             const int mt = M - m0 < MT ? (int)(M - m0) : MT;
@@ -767,19 +774,9 @@ void amx_gemm(const Weight& W, const Table& T, const QAct& X, const int32_t* tok
         cfg.rows[t] = 16;
     }
     TO::config(&cfg);
-    const float inv_alpha = 1.f / L.alpha;
     for (int64_t rt = n0; rt < n1; rt += TR) {
         const int64_t nrows = n1 - rt < TR ? n1 - rt : TR;
-        if (L.ident)
-            unpack_tile<false>(W, U, rt, nrows, NBMAX, tile);
-        else
-            unpack_tile<true>(W, U, rt, nrows, NBMAX, tile);
-        for (int64_t g = 0; g < W.G; ++g)
-            for (int64_t r = 0; r < TR; ++r) {
-                const bool ok = r < nrows;
-                sv[g * TR + r] = ok ? scale_at(W, (rt + r) * W.G + g) * inv_alpha : 0.f;
-                zt[g * TR + r] = L.off + (ok && W.z ? L.alpha * (float)W.z[(rt + r) * W.G + g] : 0.f);
-            }
+        prepare_tile(W, L, U, rt, nrows, tile, sv, zt);
         for (int64_t mc0 = 0; mc0 < M; mc0 += MCH) {
             const int64_t mc = M - mc0 < MCH ? M - mc0 : MCH, mcp = (mc + 31) / 32 * 32;
             for (int64_t m = 0; m < mcp; ++m) {  // gather (and zero-pad to 32 tokens) the int8 activations
