@@ -3,9 +3,9 @@
 Defaults: the embedded reference model and its training corpus (the Python standard library's training split),
 int3_asym g64 experts starting from the data-aware PTQ (GPTQ) solution, LoftQ init rank 8, LSQ scales, KL distillation from
 the fp model + 0.2 x CE, 400 steps (a 15-minute cap) with early stopping on the KL of 32 validation windows (held-out
-text disjoint from the evaluation windows) — about 7 minutes in total on 2 idle cores. Any HF MoE checkpoint directory (Qwen3-MoE, Mixtral, Qwen2-MoE) and any text file/folder can be given::
+text disjoint from the evaluation windows) — 5.3 minutes in total on 2 idle cores. Any HF MoE checkpoint directory (Qwen3-MoE, Mixtral, Qwen2-MoE) and any text file/folder can be given::
 
-    python examples/qat_lora_3bit.py --out out/qat                     # reference model, ~7 min on 2 cores
+    python examples/qat_lora_3bit.py --out out/qat                     # reference model, ~5 min on 2 idle cores
     python examples/qat_lora_3bit.py --model /path/to/Qwen3-30B-A3B --data corpus/ --steps 2000 --out out/qat30b
 
 Prints held-out ppl / KL of the fp model, the PTQ starting point (same quantizer, no training), the trained torch
