@@ -417,3 +417,45 @@ def test_isa_forced_in_subprocess(forced):
                           capture_output=True, text=True, check=True).stdout.strip()
     order = ["scalar", "avx2", "avx512"]
     assert got == (forced if order.index(forced) <= order.index(best) else best)
+
+
+_GFNI_SCRIPT = r"""
+import sys, numpy as np, openvino as ov, openvino_ext
+from openvino import opset13 as ops
+from openvino.utils.node_factory import NodeFactory
+from openvino_ext import reference as R
+f = NodeFactory(); f.add_extension(str(openvino_ext.library_path()))
+core = ov.Core(); openvino_ext.register(core)
+rng = np.random.default_rng(3)
+outs = []
+for mode, gs, k, m in (("int3_asym", 64, 320, 1), ("nf3", 32, 96, 3), ("int3_sym", 128, 512, 9)):
+    w, s, z, c = R.random_case(rng, 77, k, gs, mode)
+    p = ops.parameter([-1, k], np.float32)
+    node = f.create("MatMul3", [p.output(0)] + [ops.constant(a).output(0) for a in (w, s, z, c)],
+                    {"group_size": gs, "k3_version": R.K3_VERSION})
+    cm = core.compile_model(ov.Model([node.output(0)], [p]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outs.append(cm(rng.standard_normal((m, k)).astype(np.float32))[0].ravel())
+np.save(sys.argv[1], np.concatenate(outs))
+"""
+
+
+def test_gfni_unpack_identical(tmp_path, monkeypatch):
+    """The GFNI unpack (default where the CPU has GFNI) and the shift+and unpack give bit-identical results (GEMV and
+    GEMM, odd-block groups, NF3 LUT); NNCF_MOE3_GFNI is read once per process, so each setting runs in its own."""
+    import subprocess
+    import sys
+
+    import openvino_ext
+
+    monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
+    monkeypatch.delenv("NNCF_MOE3_ISA", raising=False)
+    if openvino_ext.isa() != "avx512_vnni":
+        pytest.skip(f"int8 VNNI kernels not active on this CPU ({openvino_ext.isa()})")
+    res = {}
+    for v in ("0", "1"):
+        out = tmp_path / f"y{v}.npy"
+        subprocess.run([sys.executable, "-c", _GFNI_SCRIPT, str(out)], check=True,
+                       env=dict(os.environ, NNCF_MOE3_GFNI=v))
+        res[v] = np.load(out)
+    assert res["0"].size == 77 * (1 + 3 + 9) and np.isfinite(res["0"]).all()
+    np.testing.assert_array_equal(res["0"], res["1"])
