@@ -508,8 +508,9 @@ def train(model, teacher, tokens: np.ndarray, *, steps: int | None = None, max_m
     norm clipped to ``grad_clip`` (IR-QLoRA's 0.3). With an HF ``accelerate.Accelerator`` the model, optimizer and
     backward go through it (multi-process data parallel is then ``accelerate launch``'s job).
 
-    Early stopping: with ``val_tokens`` (``[n, L]`` windows held out from the *training* text, not the evaluation
-    split) the student's KL to the teacher on them is measured before training and every ``eval_every`` steps, and
+    Early stopping: with ``val_tokens`` (``[n, L]`` validation windows that are not the evaluation windows — the
+    example uses held-out text disjoint from them, ``reference.data.disjoint_windows``) the student's KL to the
+    teacher on them is measured before training and every ``eval_every`` steps, and
     the trainable parameters of the best point are restored at the end (``best_step``; 0 = the start was best), so a
     long budget cannot drift away from the teacher — the CE term would otherwise keep re-training the model on its
     own data. Validation time counts against ``max_minutes``.

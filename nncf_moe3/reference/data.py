@@ -91,9 +91,14 @@ def make_windows(stream: np.ndarray, seq_len: int, count: int | None = None, see
     if seed is None:
         windows = stream[: n_full * seq_len].reshape(n_full, seq_len)
         return windows[:count] if count is not None else windows
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(stream) - seq_len, size=count)
+    starts = _random_starts(len(stream), seq_len, count, seed)
     return np.stack([stream[s : s + seq_len] for s in starts])
+
+
+def _random_starts(n: int, seq_len: int, count: int, seed: int) -> np.ndarray:
+    """Start positions of :func:`make_windows`' ``count`` random windows (one definition, so that
+    :func:`disjoint_windows` can avoid exactly them)."""
+    return np.random.default_rng(seed).integers(0, n - seq_len, size=count)
 
 
 def disjoint_windows(stream: np.ndarray, seq_len: int, count: int, taken_seed: int, taken_count: int,
@@ -102,8 +107,7 @@ def disjoint_windows(stream: np.ndarray, seq_len: int, count: int, taken_seed: i
     random windows :func:`make_windows` cuts with ``seed=taken_seed`` (e.g. validation windows next to the frozen
     evaluation windows of the held-out split), nor each other. Raises when the stream has too little free room."""
     taken_len = taken_len or seq_len
-    rng = np.random.default_rng(taken_seed)
-    starts = rng.integers(0, len(stream) - taken_len, size=taken_count)
+    starts = _random_starts(len(stream), taken_len, taken_count, taken_seed)
     used = np.zeros(len(stream) + 1, dtype=np.int64)
     np.add.at(used, starts, 1)
     np.add.at(used, starts + taken_len, -1)
