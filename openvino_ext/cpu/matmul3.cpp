@@ -12,6 +12,7 @@ int64_t k3_version_current() { return k3::K3_VERSION; }
 MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size, int64_t k3_version)
     : Op(args), m_group_size(group_size), m_k3_version(k3_version) {
     constructor_validate_and_infer_types();
+    keep_f16_constants(this, {2});
 }
 
 void MatMul3::validate_and_infer_types() {

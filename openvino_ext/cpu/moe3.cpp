@@ -18,6 +18,7 @@ namespace nncf_moe3 {
 MoE3::MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size, int64_t k3_version)
     : Op(args), m_top_k(top_k), m_normalize_topk(normalize_topk), m_group_size(group_size), m_k3_version(k3_version) {
     constructor_validate_and_infer_types();
+    keep_f16_constants(this, {3, 6, 9});
 }
 
 void MoE3::validate_and_infer_types() {

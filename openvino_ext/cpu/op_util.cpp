@@ -1,6 +1,7 @@
 #include "op_util.hpp"
 
 #include <openvino/core/except.hpp>
+#include <openvino/op/constant.hpp>
 
 namespace nncf_moe3 {
 
@@ -16,6 +17,17 @@ void check_weight_types(const ov::Node* node, size_t pw) {
     if (ws.rank().is_static() && ws[ws.rank().get_length() - 1].is_static())
         NODE_VALIDATION_CHECK(node, ws[ws.rank().get_length() - 1].get_length() == k3::BLOCK_BYTES,
                               "k3 weights must end in a dimension of 12 bytes, got ", ws);
+}
+
+void keep_f16_constants(ov::Node* node, std::initializer_list<size_t> ports) {
+    // ov::KeepConstPrecision's rt_info key (name "keep_const_precision", version "0"); only its presence is checked
+    static const std::string key = "keep_const_precision_0";
+    for (size_t p : ports) {
+        if (p >= node->get_input_size()) continue;
+        const auto src = node->get_input_node_shared_ptr(p);
+        if (ov::is_type<ov::op::v0::Constant>(src) && src->get_output_element_type(0) == ov::element::f16)
+            src->get_rt_info()[key] = std::string();
+    }
 }
 
 void check_codebook(const ov::Node* node, size_t pc) {

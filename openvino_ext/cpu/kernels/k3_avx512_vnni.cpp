@@ -36,6 +36,7 @@ namespace {
 struct Levels {
     alignas(64) uint8_t lut[64];
     float alpha, off;  // T[q] ~= (lut[q] - off) / alpha
+    float inv_alpha;   // 1 / alpha
     bool ident;        // lut[q] == q (integer codebook, scalar zero point folded into off)
 };
 
@@ -56,6 +57,7 @@ Levels make_levels(const Table& T) {
         L.alpha = amax > 0.f ? 127.f / amax : 1.f;
         L.off = 128.f;
     }
+    L.inv_alpha = 1.f / L.alpha;
     L.ident = true;
     for (int i = 0; i < 64; ++i) {
         L.lut[i] = (uint8_t)(int)std::nearbyint(T.t[i & 7] * L.alpha + L.off);
@@ -162,19 +164,18 @@ inline void prefetch_factors(const Weight& W, int64_t n, int64_t n1) {
 // sv = s / alpha, zo = off + alpha * z (zo = off without per-group zero points).
 inline void group_factors(const Weight& W, const Levels& L, int64_t i, __mmask16 k, __m512& sv, __m512& zo) {
     sv = W.sf ? _mm512_maskz_loadu_ps(k, W.sf + i) : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, W.s + i));
-    sv = _mm512_mul_ps(sv, _mm512_set1_ps(1.f / L.alpha));
+    sv = _mm512_mul_ps(sv, _mm512_set1_ps(L.inv_alpha));
     zo = _mm512_set1_ps(L.off);
     if (W.z)
         zo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, W.z + i))),
                              _mm512_set1_ps(L.alpha), zo);
 }
 
-// Per-row group factors f[m][g] = s_g / alpha * dx[m][g] (vectorized over groups) and the zero-point / level-offset
-// correction sum_g f[m][g] * (off + alpha * z_g) * sum_q[m][g].
+// Per-row group factors f[m][g] = s_g / alpha * dx[m][g] (vectorized over groups) and the terms of the zero-point /
+// level-offset correction c[m][g] = f[m][g] * (off + alpha * z_g) * sum_q[m][g] (row1 starts its accumulator at
+// -sum_g c[m][g], so no scalar reduction is needed).
 template <int M>
-inline void row_factors(const Weight& W, const Levels& L, const TokX& X, int64_t n, float* f, float* corr) {
-    __m512 c[M];
-    for (int m = 0; m < M; ++m) c[m] = _mm512_setzero_ps();
+inline void row_factors(const Weight& W, const Levels& L, const TokX& X, int64_t n, float* f, float* c) {
     for (int64_t g = 0; g < W.G; g += 16) {
         const int rem = W.G - g < 16 ? (int)(W.G - g) : 16;
         const __mmask16 k = (__mmask16)((1u << rem) - 1u);
@@ -183,10 +184,20 @@ inline void row_factors(const Weight& W, const Levels& L, const TokX& X, int64_t
         for (int m = 0; m < M; ++m) {
             const __m512 fm = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, X.dx[m] + g));
             _mm512_mask_storeu_ps(f + m * Q8_MAX_G + g, k, fm);
-            c[m] = _mm512_fmadd_ps(_mm512_mul_ps(fm, zo), _mm512_maskz_loadu_ps(k, X.sum[m] + g), c[m]);
+            _mm512_mask_storeu_ps(c + m * Q8_MAX_G + g, k,
+                                  _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_maskz_loadu_ps(k, X.sum[m] + g)));
         }
     }
-    for (int m = 0; m < M; ++m) corr[m] = _mm512_reduce_add_ps(c[m]);
+}
+
+// -(c[0] + ... + c[G-1]) as 16 lanes whose sum is the negated correction (the start of a row's accumulator)
+inline __m512 neg_corr(const float* c, int64_t G) {
+    __m512 t = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g += 16) {
+        const int rem = G - g < 16 ? (int)(G - g) : 16;
+        t = _mm512_sub_ps(t, _mm512_maskz_loadu_ps((__mmask16)((1u << rem) - 1u), c + g));
+    }
+    return t;
 }
 
 // vpdpbusd through inline asm: with the intrinsic GCC 12 fails to tie the destination register (extra moves, and in
@@ -198,7 +209,7 @@ inline void row_factors(const Weight& W, const Levels& L, const TokX& X, int64_t
 // 8 GB/s, 1 row 12 GB/s), plus a software prefetch ~3 KB ahead. For M = 1 two accumulators alternate along K
 // so that the vpdpbusd latency (4-5 cycles) does not bound the loop.
 template <int M, bool LUT, int BPG>
-inline void row1(const Weight& W, int64_t n, const float* f, int64_t fs, const TokX& X, __m512* tot,
+inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int64_t fs, const TokX& X, __m512* tot,
                  const Unpack& U) {
     const int64_t bpg = BPG ? BPG : W.bpg;  // blocks per group (compile-time for group sizes 64 / 128)
     const uint8_t* p = W.w + n * W.Kb * BLOCK_BYTES;
@@ -207,7 +218,11 @@ inline void row1(const Weight& W, int64_t n, const float* f, int64_t fs, const T
     const int8_t* x1 = M > 1 ? X.q[1] : x0;
     const int8_t* x2 = M > 2 ? X.q[2] : x0;
     const int8_t* x3 = M > 3 ? X.q[3] : x0;
-    __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    // f[m * fs + g]: group factors of token m; c[m * fs + g]: its correction terms
+    __m512 t0 = neg_corr(c, W.G), t1 = t0, t2 = t0, t3 = t0;
+    if (M > 1) t1 = neg_corr(c + fs, W.G);
+    if (M > 2) t2 = neg_corr(c + 2 * fs, W.G);
+    if (M > 3) t3 = neg_corr(c + 3 * fs, W.G);
     for (int64_t g = 0; g < W.G; ++g) {
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, c0 = a0;
         int64_t b = g * bpg;
@@ -324,11 +339,11 @@ inline void make_rep(const Weight& W, const TokX& X, FactorRep& fr) {
         }
 }
 
-// f[m][r*G + g] and corr[r][m] for rows n..n+3 in one pass over their 4G contiguous scales
+// f[m][r*G + g] and the correction terms c[m][r*G + g] (see row_factors) for rows n..n+3 in one pass over their
+// 4G contiguous scales
 template <int M>
-inline void block_factors(const Weight& W, const Levels& L, const FactorRep& fr, int64_t n, float* f, float* corr) {
+inline void block_factors(const Weight& W, const Levels& L, const FactorRep& fr, int64_t n, float* f, float* c) {
     const int64_t len = 4 * W.G;
-    alignas(64) float prod[GEMV_MAX_M][REP];
     for (int64_t i = 0; i < len; i += 16) {
         const int rem = len - i < 16 ? (int)(len - i) : 16;
         const __mmask16 k = (__mmask16)((1u << rem) - 1u);
@@ -337,38 +352,34 @@ inline void block_factors(const Weight& W, const Levels& L, const FactorRep& fr,
         for (int m = 0; m < M; ++m) {
             const __m512 fm = _mm512_mul_ps(sv, _mm512_load_ps(fr.dx[m] + i));
             _mm512_mask_storeu_ps(f + m * len + i, k, fm);
-            _mm512_store_ps(prod[m] + i, _mm512_maskz_mul_ps(k, _mm512_mul_ps(fm, zo), _mm512_load_ps(fr.sum[m] + i)));
+            _mm512_mask_storeu_ps(c + m * len + i, k, _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_load_ps(fr.sum[m] + i)));
         }
     }
-    for (int r = 0; r < 4; ++r)
-        for (int m = 0; m < M; ++m) {
-            float c = 0.f;
-            for (int64_t g = 0; g < W.G; ++g) c += prod[m][r * W.G + g];
-            corr[r * M + m] = c;
-        }
 }
 
 // R consecutive rows (one after the other in memory), factors computed before, horizontal sums batched by 4
 template <int M, int R, bool LUT, int BPG>
 inline void row_block(const Weight& W, int64_t n, const Levels& L, const TokX& X, const FactorRep& fr, float* y,
                       int64_t ldy, const Unpack& U) {
-    alignas(64) float f[R][M * Q8_MAX_G];
-    float corr[R][M];
     __m512 tot[R][M];
     if (R == 4 && fr.on) {
-        block_factors<M>(W, L, fr, n, f[0], corr[0]);  // f[0] holds [M][4G]
-        for (int r = 0; r < R; ++r) row1<M, LUT, BPG>(W, n + r, f[0] + r * W.G, 4 * W.G, X, tot[r], U);
+        alignas(64) float f[M * REP], c[M * REP];  // [M][4G]
+        block_factors<M>(W, L, fr, n, f, c);
+        for (int r = 0; r < R; ++r) row1<M, LUT, BPG>(W, n + r, f + r * W.G, c + r * W.G, 4 * W.G, X, tot[r], U);
     } else {
-        for (int r = 0; r < R; ++r) row_factors<M>(W, L, X, n + r, f[r], corr[r]);
-        for (int r = 0; r < R; ++r) row1<M, LUT, BPG>(W, n + r, f[r], Q8_MAX_G, X, tot[r], U);
+        alignas(64) float f[M * Q8_MAX_G], c[M * Q8_MAX_G];  // [M][G], reused row by row
+        for (int r = 0; r < R; ++r) {
+            row_factors<M>(W, L, X, n + r, f, c);
+            row1<M, LUT, BPG>(W, n + r, f, c, Q8_MAX_G, X, tot[r], U);
+        }
     }
     for (int m = 0; m < M; ++m) {
         if (R == 4) {
             float s[4];
             reduce4(tot[0][m], tot[R > 1 ? 1 : 0][m], tot[R > 2 ? 2 : 0][m], tot[R > 3 ? 3 : 0][m], s);
-            for (int r = 0; r < R; ++r) y[m * ldy + r] = s[r] - corr[r][m];
+            for (int r = 0; r < R; ++r) y[m * ldy + r] = s[r];
         } else {
-            for (int r = 0; r < R; ++r) y[m * ldy + r] = _mm512_reduce_add_ps(tot[r][m]) - corr[r][m];
+            for (int r = 0; r < R; ++r) y[m * ldy + r] = _mm512_reduce_add_ps(tot[r][m]);
         }
     }
 }
