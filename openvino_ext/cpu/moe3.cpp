@@ -132,6 +132,31 @@ inline void prefetch_rows(const k3::Weight& W, int64_t n0) {
     for (int i = 0; i < 2048; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
 }
 
+// Per-thread buffers reused across calls (a decode step calls MoE3 once per layer: ~60 small allocations and frees
+// per call otherwise). evaluate() runs on the plugin's calling thread; concurrent infer requests use other threads.
+struct Scratch {
+    std::vector<std::vector<int32_t>> tok;  // [E] tokens routed to e
+    std::vector<std::vector<float>> wts;    // [E] their routing weights
+    std::vector<float> p;
+    std::vector<int64_t> idx, active;
+    k3::QActBuf qx;
+    std::vector<std::vector<float>> act;  // [A][Te][I]
+    std::vector<k3::QActBuf> qa;          // [A]
+    void reset(int64_t E) {
+        if ((int64_t)tok.size() < E) {
+            tok.resize(E);
+            wts.resize(E);
+        }
+        for (int64_t e = 0; e < E; ++e) {
+            tok[e].clear();
+            wts[e].clear();
+        }
+        p.resize(E);
+        idx.resize(E);
+        active.clear();
+    }
+};
+
 }  // namespace
 
 bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
@@ -160,11 +185,13 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
 
     // ---- routing: softmax over E, top-k (ties: lower index), optional renormalisation
     const float* logits = static_cast<const float*>(inputs[1].data());
-    std::vector<std::vector<int32_t>> tok(E);  // tokens routed to e, in token order
-    std::vector<std::vector<float>> wts(E);
+    thread_local Scratch sc;
+    sc.reset(E);
+    auto& tok = sc.tok;  // tokens routed to e, in token order
+    auto& wts = sc.wts;
     {
-        std::vector<float> p(E);
-        std::vector<int64_t> idx(E);
+        auto& p = sc.p;
+        auto& idx = sc.idx;
         for (int64_t t = 0; t < T; ++t) {
             const float* l = logits + t * E;
             const float mx = *std::max_element(l, l + E);
@@ -181,7 +208,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             }
         }
     }
-    std::vector<int64_t> active;
+    auto& active = sc.active;
     for (int64_t e = 0; e < E; ++e)
         if (!tok[e].empty()) active.push_back(e);
     const int64_t A = (int64_t)active.size();
@@ -206,11 +233,17 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
 
     if (q8_eligible(Kn, wg.slice(0)) && q8_eligible(Kn, wu.slice(0)) && q8_eligible(Kn, wd.slice(0))) {
         // ---- int8 activations: X quantized once (shared by every expert and by gate / up)
-        QActBuf qx;
+        // decode reuses the per-thread buffers; prefill (large, rare) allocates per call and frees at the end
+        const bool decode = max_te <= GEMV_MAX_M;
+        QActBuf qx_local;
+        std::vector<std::vector<float>> act_local;
+        std::vector<QActBuf> qa_local;
+        QActBuf& qx = decode ? sc.qx : qx_local;
         quantize_rows(Kn, x, H, T, H, Hp, wg.gs, qx);
         const QAct X = qx.view();
         clk.lap(1);
-        std::vector<std::vector<float>> act(A);  // [Te][I]
+        auto& act = decode ? sc.act : act_local;  // [Te][I]
+        if ((int64_t)act.size() < A) act.resize(A);
         for (int64_t a = 0; a < A; ++a) act[a].resize(tok[active[a]].size() * I);
         parallel_for(A * nch1, [&](int64_t task) {
             const int64_t a = task / nch1, c = task % nch1, e = active[a];
@@ -230,7 +263,8 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             for (int64_t t = 0; t < Te; ++t) Kn.swiglu(g + t * nr, u + t * nr, nr, act[a].data() + t * I + n0);
         });
         clk.lap(2);
-        std::vector<QActBuf> qa(A);
+        auto& qa = decode ? sc.qa : qa_local;
+        if ((int64_t)qa.size() < A) qa.resize(A);
         const auto quantize_act = [&](int64_t a) {
             const int64_t Te = (int64_t)tok[active[a]].size();
             qa[a].ldq = Ip;
@@ -240,7 +274,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             qa[a].sum.resize(Te * wd.G);
             Kn.quantize(act[a].data(), I, Te, I, Ip, wd.gs, qa[a].q.data(), qa[a].dx.data(), qa[a].sum.data());
         };
-        if (max_te <= GEMV_MAX_M)  // decode: A x I values, cheaper than a fork / join of the thread pool
+        if (decode)  // A x I values, cheaper than a fork / join of the thread pool
             for (int64_t a = 0; a < A; ++a) quantize_act(a);
         else
             parallel_for(A, quantize_act);
