@@ -310,6 +310,11 @@ def interleaved_child(spec: dict) -> dict:
     cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": spec["threads"], "NUM_STREAMS": 1}
     reqs = {n: core.compile_model(core.read_model(p), "CPU", cfg).create_infer_request()
             for n, p in spec["paths"].items()}
+    # informational: the same IRs with INFERENCE_PRECISION_HINT=f32 (the extension ops are f32, so under the default
+    # bf16 precision of AVX512-BF16 CPUs the plugin puts bf16<->f32 Reorders around each of them)
+    for n, p in spec.get("f32_paths", {}).items():
+        reqs[n + "@f32"] = core.compile_model(core.read_model(p), "CPU",
+                                             dict(cfg, INFERENCE_PRECISION_HINT="f32")).create_infer_request()
     rng = np.random.default_rng(1)
     times = {n: [] for n in reqs}
     for rnd in range(spec["rounds"] + 1):
@@ -406,7 +411,8 @@ def main(argv=None):
     inter = None
     if args.rounds:
         paths = {name: m["path"] for (workload, name), m in meta.items() if workload == "moe"}
-        inter = run_child(dict(paths=paths, threads=args.threads, rounds=args.rounds,
+        f32_paths = {n: p for n, p in paths.items() if n in ("int4", "moe3")}
+        inter = run_child(dict(paths=paths, f32_paths=f32_paths, threads=args.threads, rounds=args.rounds,
                                iters=max(6, args.iters // args.rounds)))
         print(f"  interleaved moe decode: {inter}", file=sys.stderr, flush=True)
     bw2 = bandwidth_child(args.threads)
@@ -436,7 +442,7 @@ def main(argv=None):
                            zip(("route", "quantize_x", "gate_up", "quantize_act", "down"), r["decode_moe3_phases"]))
             print(f"\n{workload}/{name} decode: MoE3 ops {r['decode_moe3'] * 1e3:.2f} ms of "
                   f"{r['decode_mean'] * 1e3:.2f} ms per token (mean) = {r['decode_moe3'] / r['decode_mean']:.0%}; "
-                  f"the rest (attention INT4, router, norms, ...) {(r['decode_mean'] - r['decode_moe3']) * 1e3:.2f} ms. "
+                  f"the rest (attention MatMul3 ops, attention math, router, norms, ...) {(r['decode_mean'] - r['decode_moe3']) * 1e3:.2f} ms. "
                   f"MoE3 phases (ms/token, all layers): {ph}")
             if "prefill_moe3" in r:
                 print(f"{workload}/{name} prefill: MoE3 ops {r['prefill_moe3'] * 1e3:.1f} ms of "
@@ -449,6 +455,11 @@ def main(argv=None):
     if inter:
         print(f"\nMoE-stack decode, all variants in one process, {args.rounds} alternating rounds (median ms/token): "
               + ", ".join(f"{n} {v * 1e3:.2f} ({v / inter['int4']:.2f}x int4)" for n, v in inter.items()))
+        if "moe3@f32" in inter and "int4@f32" in inter:
+            print(f"  with INFERENCE_PRECISION_HINT=f32 for both (no bf16<->f32 Reorders around the extension ops): "
+                  f"moe3@f32 / int4 = {inter['moe3@f32'] / inter['int4']:.2f}, "
+                  f"moe3@f32 / int4@f32 = {inter['moe3@f32'] / inter['int4@f32']:.2f}, "
+                  f"int3_stock / moe3@f32 = {inter.get('int3_stock', float('nan')) / inter['moe3@f32']:.1f}x")
     moe = {n: rows[("moe", n)][1] for n in ("int4", "int3_stock", "moe3") if ("moe", n) in rows}
     if "moe3" in moe:
         dec = {n: (inter[n] if inter and n in inter else moe[n]["decode"]) for n in moe}

@@ -81,7 +81,10 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
     if (q8_eligible(Kn, W)) {
         // int8 activations quantized once; tasks = row chunks (64 rows = one GEMM tile, fewer for small N)
         // x token chunks (only when there are too few row chunks)
-        QActBuf qx;
+        // decode: a per-thread buffer reused across calls (16+ MatMul3 calls per decode step); prefill: per call
+        thread_local QActBuf qx_decode;
+        QActBuf qx_local;
+        QActBuf& qx = M <= GEMV_MAX_M ? qx_decode : qx_local;
         quantize_rows(Kn, x, K, M, K, Kp, ws.gs, qx);
         const QAct Q = qx.view();
         // decode: up to 256 rows per task (one long sequential weight stream, as in MoE3), >= 4 tasks per thread
