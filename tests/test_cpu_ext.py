@@ -185,6 +185,43 @@ def test_moe3_matches_reference(ext, isa, t, e, h, inter, gs, k, norm, mode):
     assert _rel(y, ref) < _tol(isa, 5e-5)
 
 
+def test_f16_scales_stay_f16(ext):
+    """The ops mark their f16 scale Constants keep_const_precision: the compiled CPU graph keeps them f16 (the plugin
+    used to widen them to f32, +4 % decode bytes); removing the marking turns the scale Constants f32 and fails."""
+    rng = np.random.default_rng(5)
+    w, s, z, c = R.random_case(rng, 32, 128, 64, "int3_asym")
+    cm = _matmul3_model(ext, 128, w, s, z, c, 64)
+    consts = [(tuple(op.get_output_shape(0)), op.get_rt_info()["outputPrecisions"].astype(str))
+              for op in cm.get_runtime_model().get_ops() if op.get_rt_info()["layerType"].astype(str) == "Const"]
+    assert (tuple(s.shape), "f16") in consts, consts
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    assert _rel(cm(x)[0], R.matmul3_ref(x, w, s, z, c, 64)) < 2e-5
+
+
+@pytest.mark.parametrize("act_quant", ["1", "0"])
+def test_moe3_decode_buffers_reused_across_calls(ext, monkeypatch, act_quant):
+    """Decode calls reuse per-thread buffers: alternating decode / prefill / decode calls with different token counts
+    and routings on one compiled op all match the reference."""
+    monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", act_quant)
+    if act_quant == "1" and openvino_ext_isa() not in ("avx512_vnni", "amx"):
+        pytest.skip("no int8-activation kernels on this CPU")
+    rng = np.random.default_rng(11)
+    e, h, inter, gs = 8, 128, 64, 64
+    weights = _moe_case(rng, e, h, inter, gs, "int3_asym")
+    cm = _moe3_model(ext, h, e, weights, 3, True, gs)
+    for t in (1, 2, 9, 1, 4, 1):
+        x = rng.standard_normal((t, h)).astype(np.float32)
+        logits = (rng.standard_normal((t, e)) * 2).astype(np.float32)
+        ref = R.moe3_ref(x, logits, *weights, top_k=3, normalize_topk=True, group_size=gs)
+        assert _rel(cm([x, logits])[0], ref) < (3e-2 if act_quant == "1" else 5e-5), t
+
+
+def openvino_ext_isa():
+    import openvino_ext
+
+    return openvino_ext.isa()
+
+
 def test_ops_roundtrip_through_ir(ext, tmp_path):
     """visit_attributes: an IR with MatMul3 / MoE3 serializes and reads back (with the extension) unchanged."""
     factory, core = ext
