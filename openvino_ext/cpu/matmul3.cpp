@@ -65,7 +65,8 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
     const int64_t K = (int64_t)xshape.back();
     const int64_t M = K ? (int64_t)(ov::shape_size(xshape) / K) : 0;
     const int64_t gs = m_group_size > 0 && m_group_size <= K ? m_group_size : K;
-    const WeightSet ws = weight_set(inputs[1], inputs[2], inputs[3], K, gs, "MatMul3");
+    WeightSet ws = weight_set(inputs[1], inputs[2], inputs[3], K, gs, "MatMul3");
+    ws.w = m_pages.view(ws.w, inputs[1].get_byte_size());
     auto oshape = xshape;
     oshape.back() = (size_t)ws.N;
     outputs[0].set_shape(oshape);

@@ -3,6 +3,8 @@
 #pragma once
 #include <openvino/op/op.hpp>
 
+#include "weight_pages.hpp"
+
 namespace nncf_moe3 {
 
 int64_t k3_version_current();  // k3::K3_VERSION
@@ -23,6 +25,7 @@ public:
     int64_t get_group_size() const { return m_group_size; }
 
 private:
+    HugeWeights m_pages;  // the k3 weights read through 2 MB pages (weight_pages.hpp)
     int64_t m_group_size = 128;
     int64_t m_k3_version = 1;  // deserialized IRs without the attribute: version 1 (refused)
 };

@@ -173,9 +173,12 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
     const int64_t I = (int64_t)sg_shape[1];
     const int64_t gs_h = m_group_size > 0 && m_group_size <= H ? m_group_size : H;
     const int64_t gs_i = m_group_size > 0 && m_group_size <= I ? m_group_size : I;
-    const WeightSet wg = weight_set(inputs[2], inputs[3], inputs[4], H, gs_h, "MoE3 gate");
-    const WeightSet wu = weight_set(inputs[5], inputs[6], inputs[7], H, gs_h, "MoE3 up");
-    const WeightSet wd = weight_set(inputs[8], inputs[9], inputs[10], I, gs_i, "MoE3 down");
+    WeightSet wg = weight_set(inputs[2], inputs[3], inputs[4], H, gs_h, "MoE3 gate");
+    WeightSet wu = weight_set(inputs[5], inputs[6], inputs[7], H, gs_h, "MoE3 up");
+    WeightSet wd = weight_set(inputs[8], inputs[9], inputs[10], I, gs_i, "MoE3 down");
+    wg.w = m_pages.view(wg.w, inputs[2].get_byte_size());
+    wu.w = m_pages.view(wu.w, inputs[5].get_byte_size());
+    wd.w = m_pages.view(wd.w, inputs[8].get_byte_size());
     OPENVINO_ASSERT(wg.N == I && wu.N == I && wd.N == H, "MoE3: expert weight shapes disagree");
     outputs[0].set_shape(xshape);
     float* out = static_cast<float*>(outputs[0].data());

@@ -3,6 +3,8 @@
 #pragma once
 #include <openvino/op/op.hpp>
 
+#include "weight_pages.hpp"
+
 namespace nncf_moe3 {
 
 int64_t k3_version_current();
@@ -22,6 +24,7 @@ public:
     bool has_evaluate() const override;
 
 private:
+    HugeWeights m_pages;  // the k3 weights read through 2 MB pages (weight_pages.hpp)
     int64_t m_top_k = 2;
     bool m_normalize_topk = true;
     int64_t m_group_size = 128;

@@ -1,0 +1,144 @@
+#include "weight_pages.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25  // Linux 6.1+; older kernels return EINVAL and the pages stay 4 KB
+#endif
+#endif
+
+namespace nncf_moe3 {
+
+struct HugeWeights::Region {
+    const uint8_t* use = nullptr;  // where the kernels read the tensor
+    void* mem = nullptr;           // our copy (file-mapped source), or nullptr
+    size_t mem_bytes = 0;
+    ~Region() {
+#ifdef __linux__
+        if (mem) munmap(mem, mem_bytes);
+#endif
+    }
+};
+
+namespace {
+
+constexpr size_t HUGE_PAGE = size_t(2) << 20;
+constexpr size_t MIN_BYTES = size_t(4) << 20;
+
+bool enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("NNCF_MOE3_HUGEPAGES");
+        return !(e && e[0] == '0');
+    }();
+    return on;
+}
+
+inline uintptr_t align_up(uintptr_t v, size_t a) { return (v + a - 1) / a * a; }
+inline uintptr_t align_down(uintptr_t v, size_t a) { return v / a * a; }
+
+#ifdef __linux__
+enum class Kind { anonymous, file_read_only, other };
+
+// The mapping that holds [p, p + bytes), from /proc/self/maps.
+Kind classify(const uint8_t* p, size_t bytes) {
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (!f) return Kind::other;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p), e = a + bytes;
+    Kind kind = Kind::other;
+    char line[4096];
+    while (std::fgets(line, sizeof line, f)) {
+        unsigned long lo = 0, hi = 0, off = 0, inode = 0;
+        unsigned dev_major = 0, dev_minor = 0;
+        char perms[8] = {0};
+        int path_at = 0;
+        if (std::sscanf(line, "%lx-%lx %7s %lx %x:%x %lu %n", &lo, &hi, perms, &off, &dev_major, &dev_minor, &inode,
+                        &path_at) < 7)
+            continue;
+        if (a < lo || a >= hi) continue;
+        const char* path = line + path_at;
+        const bool unnamed = path[0] == '\0' || path[0] == '\n';
+        if (inode == 0 && (unnamed || std::strncmp(path, "[heap]", 6) == 0))
+            kind = Kind::anonymous;  // may continue into the next anonymous mapping: madvise copes with that
+        else if (inode != 0 && perms[1] != 'w' && e <= hi)
+            kind = Kind::file_read_only;  // the mmapped IR .bin: the whole tensor inside one read-only mapping
+        break;
+    }
+    std::fclose(f);
+    return kind;
+}
+
+std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t bytes) {
+    auto r = std::make_shared<HugeWeights::Region>();
+    r->use = src;
+    if (!enabled() || bytes < MIN_BYTES) return r;
+    const Kind kind = classify(src, bytes);
+    if (kind == Kind::anonymous) {  // in place: the contents do not change, only the page size
+        const uintptr_t a = align_up(reinterpret_cast<uintptr_t>(src), HUGE_PAGE),
+                        e = align_down(reinterpret_cast<uintptr_t>(src) + bytes, HUGE_PAGE);
+        if (e > a) {
+            madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+            madvise(reinterpret_cast<void*>(a), e - a, MADV_COLLAPSE);  // failure: 4 KB pages, same data
+        }
+    } else if (kind == Kind::file_read_only) {
+        const size_t len = align_up(bytes, HUGE_PAGE);
+        void* m = mmap(nullptr, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) return r;
+        const uintptr_t raw = reinterpret_cast<uintptr_t>(m), base = align_up(raw, HUGE_PAGE);
+        if (base > raw) munmap(m, base - raw);  // trim to a 2 MB-aligned [base, base + len)
+        if (raw + len + HUGE_PAGE > base + len) munmap(reinterpret_cast<void*>(base + len), raw + len + HUGE_PAGE - base - len);
+        void* dst = reinterpret_cast<void*>(base);
+        madvise(dst, len, MADV_HUGEPAGE);  // before the first touch: the copy faults in 2 MB pages where possible
+        std::memcpy(dst, src, bytes);
+        mprotect(dst, len, PROT_READ);
+        r->mem = dst;
+        r->mem_bytes = len;
+        r->use = static_cast<const uint8_t*>(dst);
+        // drop the source's whole 4 KB pages from this process (a read-only file mapping re-reads them from the file
+        // if touched again), so resident memory holds one copy
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t pa = align_up(reinterpret_cast<uintptr_t>(src), page),
+                        pe = align_down(reinterpret_cast<uintptr_t>(src) + bytes, page);
+        if (pe > pa) madvise(reinterpret_cast<void*>(pa), pe - pa, MADV_DONTNEED);
+    }
+    return r;
+}
+#else
+std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t) {
+    auto r = std::make_shared<HugeWeights::Region>();
+    r->use = src;
+    return r;
+}
+#endif
+
+std::mutex g_mu;
+std::map<const uint8_t*, std::weak_ptr<HugeWeights::Region>> g_regions;  // shared by every op reading a tensor
+
+}  // namespace
+
+const uint8_t* HugeWeights::view(const uint8_t* src, size_t bytes) const {
+    std::lock_guard<std::mutex> lock(m_mu);
+    for (const auto& h : m_held)
+        if (h.first == src) return h.second->use;
+    std::shared_ptr<Region> r;
+    {
+        std::lock_guard<std::mutex> glock(g_mu);
+        auto& slot = g_regions[src];
+        r = slot.lock();
+        if (!r) {
+            r = make_region(src, bytes);
+            slot = r;
+        }
+        for (auto it = g_regions.begin(); it != g_regions.end();)  // forget regions whose ops are gone
+            it = it->second.expired() ? g_regions.erase(it) : std::next(it);
+    }
+    m_held.emplace_back(src, r);
+    return r->use;
+}
+
+}  // namespace nncf_moe3
