@@ -29,7 +29,7 @@ struct HugeWeights::Region {
 namespace {
 
 constexpr size_t HUGE_PAGE = size_t(2) << 20;
-constexpr size_t MIN_BYTES = size_t(4) << 20;
+constexpr size_t MIN_BYTES = size_t(2) << 20;
 
 bool enabled() {
     static const bool on = [] {
@@ -86,7 +86,9 @@ std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t byte
             madvise(reinterpret_cast<void*>(a), e - a, MADV_COLLAPSE);  // failure: 4 KB pages, same data
         }
     } else if (kind == Kind::file_read_only) {
-        const size_t len = align_up(bytes, HUGE_PAGE);
+        // 2 MB-aligned start, length rounded to 4 KB only: the whole 2 MB pieces get huge pages, the tail small ones
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        const size_t len = align_up(bytes, page);
         void* m = mmap(nullptr, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) return r;
         const uintptr_t raw = reinterpret_cast<uintptr_t>(m), base = align_up(raw, HUGE_PAGE);
@@ -101,7 +103,6 @@ std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t byte
         r->use = static_cast<const uint8_t*>(dst);
         // drop the source's whole 4 KB pages from this process (a read-only file mapping re-reads them from the file
         // if touched again), so resident memory holds one copy
-        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
         const uintptr_t pa = align_up(reinterpret_cast<uintptr_t>(src), page),
                         pe = align_down(reinterpret_cast<uintptr_t>(src) + bytes, page);
         if (pe > pa) madvise(reinterpret_cast<void*>(pa), pe - pa, MADV_DONTNEED);

@@ -11,7 +11,7 @@
 //   * a read-only file mapping (the mmapped IR): a copy in 2 MB-page anonymous memory; the source pages are then
 //     dropped from this process's mapping with MADV_DONTNEED (a read-only file mapping re-reads them from the file if
 //     anything touches them again), so resident memory does not double;
-//   * anything else, tensors below 4 MB, non-Linux systems, kernels without MADV_COLLAPSE, or env
+//   * anything else, tensors below 2 MB, non-Linux systems, kernels without MADV_COLLAPSE, or env
 //     NNCF_MOE3_HUGEPAGES=0: the source address, untouched.
 // Copies are shared process-wide by source address and freed when the last op holding them is destroyed. The first
 // call per tensor pays the copy / collapse (~0.1-0.4 s for a 0.3 GB model); later calls are a locked map lookup.
