@@ -9,8 +9,9 @@
 //   OV=$(python -c "import openvino, os; print(os.path.dirname(openvino.__file__))")
 //   g++ -O3 -march=icelake-server -Iopenvino_ext/cpu -I$OV/include openvino_ext/cpu/tools/gemv_bench.cpp \
 //       openvino_ext/cpu/kernels/k3_avx512_vnni.cpp -o /tmp/gemv_bench $OV/libs/libtbb.so.12 -Wl,-rpath,$OV/libs
-//   /tmp/gemv_bench 2 20      # threads, decode steps
-// Prints ms per decode step and GB/s (codes + scales) per projection kind.
+//   /tmp/gemv_bench 2 20 [0]  # threads, decode steps [, 0 = 4 KB pages]
+// Prints ms per decode step and GB/s (codes + scales) per projection kind. The codes live in 2 MB pages
+// (madvise(MADV_HUGEPAGE), as the ops arrange since session 4: weight_pages.cpp); a third argument 0 keeps 4 KB pages.
 #include <tbb/blocked_range.h>
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
@@ -22,14 +23,28 @@
 #include <functional>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "kernels/k3_kernels.hpp"
 
 using namespace nncf_moe3::k3;
 
 namespace {
 
+bool g_huge = true;
+
+// page-aligned code buffer, 2 MB pages when g_huge (freed at exit)
+uint8_t* alloc_codes(size_t bytes) {
+    const size_t hp = size_t(2) << 20, len = (bytes + hp - 1) / hp * hp;
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) std::abort();
+    if (g_huge) madvise(p, len, MADV_HUGEPAGE);
+    return static_cast<uint8_t*>(p);
+}
+
 struct Mat {
-    std::vector<uint8_t> w;
+    uint8_t* w = nullptr;
+    size_t nw = 0;
     std::vector<uint16_t> s;
     Weight W;
 };
@@ -37,14 +52,15 @@ struct Mat {
 Mat make(int64_t N, int64_t K, int64_t gs, unsigned seed) {
     Mat m;
     const int64_t Kb = 2 * ((K + 63) / 64), G = K / gs;
-    m.w.resize(N * Kb * BLOCK_BYTES);
+    m.nw = N * Kb * BLOCK_BYTES;
+    m.w = alloc_codes(m.nw);
     m.s.resize(N * G, 0x2000);  // f16 ~0.0078
     unsigned x = seed * 2654435761u + 1u;
-    for (auto& b : m.w) {
+    for (size_t i = 0; i < m.nw; ++i) {
         x = x * 1103515245u + 12345u;
-        b = (uint8_t)(x >> 16);
+        m.w[i] = (uint8_t)(x >> 16);
     }
-    m.W = Weight{m.w.data(), m.s.data(), nullptr, nullptr, N, K, Kb, G, gs / BLOCK};
+    m.W = Weight{m.w, m.s.data(), nullptr, nullptr, N, K, Kb, G, gs / BLOCK};
     return m;
 }
 
@@ -84,6 +100,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     const int T = argc > 1 ? std::atoi(argv[1]) : 2, steps = argc > 2 ? std::atoi(argv[2]) : 20;
+    g_huge = argc > 3 ? std::atoi(argv[3]) != 0 : true;
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism, T);
     const int64_t gs = 128, H = 2048, I = 768, L = 8, E = 16, TOPK = 8, QKV = 5120, O_K = 4096;
     Table tab;
@@ -130,7 +147,7 @@ int main(int argc, char** argv) {
         }
     const char* names[4] = {"qkv", "o", "gate+up", "down"};
     double tt = 0, bt = 0;
-    std::printf("threads %d, %d decode steps (8 layers each):\n", T, steps);
+    std::printf("threads %d, %d decode steps (8 layers each), codes in %s pages:\n", T, steps, g_huge ? "2 MB" : "4 KB");
     for (int i = 0; i < 4; ++i) {
         std::printf("  %-8s %7.3f ms/step  %5.1f GB/s\n", names[i], t[i] / steps * 1e3, b[i] / t[i] / 1e9);
         tt += t[i], bt += b[i];
