@@ -202,8 +202,10 @@ def test_f16_scales_stay_f16(ext):
 def test_moe3_decode_buffers_reused_across_calls(ext, monkeypatch, act_quant):
     """Decode calls reuse per-thread buffers: alternating decode / prefill / decode calls with different token counts
     and routings on one compiled op all match the reference."""
+    import openvino_ext
+
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", act_quant)
-    if act_quant == "1" and openvino_ext_isa() not in ("avx512_vnni", "amx"):
+    if act_quant == "1" and openvino_ext.isa() not in ("avx512_vnni", "amx"):
         pytest.skip("no int8-activation kernels on this CPU")
     rng = np.random.default_rng(11)
     e, h, inter, gs = 8, 128, 64, 64
@@ -240,12 +242,6 @@ def test_large_weights_through_huge_pages(ext, tmp_path, source):
     wconst = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.u8
               and tuple(op.get_output_shape(0)) == w.shape]
     assert len(wconst) == 1 and np.array_equal(wconst[0].get_data(), w)
-
-
-def openvino_ext_isa():
-    import openvino_ext
-
-    return openvino_ext.isa()
 
 
 def test_ops_roundtrip_through_ir(ext, tmp_path):
