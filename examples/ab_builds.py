@@ -11,6 +11,10 @@ drift by +-10 %. Each variant is ``LIB[:nommap]`` (``:nommap`` reads the IR with
     # mmapped IR vs heap copy with one build
     python examples/ab_builds.py out/bench/moe_moe3.xml LIB LIB:nommap
 
+List a build twice to see the noise floor: on the 2-core Zen 4 VM identical builds differed by up to 2-3 %, and the
+first position tended to be the slow one (session 4, software-prefetch distance 1.5 / 3 / 6 KB: equal within that;
+no software prefetch: +4 %).
+
 IRs with a ``[?, ?]`` token-id input (``examples/bench_cpu.py --keep``'s MoE stack) or a float ``[?, K]`` input (its
 dense case) are supported. Prints the median ms per inference of each variant and its ratio to the first.
 """
