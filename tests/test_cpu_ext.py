@@ -237,8 +237,22 @@ def test_large_weights_through_huge_pages(ext, tmp_path, source):
     cm = core.compile_model(model, "CPU", F32)
     x = rng.standard_normal((2, k)).astype(np.float32)
     ref = R.matmul3_ref(x, w, s, z, c, gs)
+    import ctypes
+    import sys
+
+    import openvino_ext
+
+    stats = ctypes.CDLL(str(openvino_ext.library_path())).nncf_moe3_weight_pages  # the library the Core loaded
+    before, after = (ctypes.c_int64 * 4)(), (ctypes.c_int64 * 4)()
+    stats(before)
     for _ in range(2):  # first call sets the pages up, second reads the prepared copy / collapsed range
         assert _rel(cm(x)[0], ref) < 2e-5
+    stats(after)
+    copied = after[0] - before[0]
+    if source == "mmapped_ir" and sys.platform.startswith("linux"):
+        assert copied == 1 and after[1] - before[1] == w.nbytes  # the weight tensor, once (the scales are < 2 MB)
+    elif source == "in_memory":
+        assert copied == 0  # heap memory is collapsed in place (when the kernel supports it), never copied
     wconst = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.u8
               and tuple(op.get_output_shape(0)) == w.shape]
     assert len(wconst) == 1 and np.array_equal(wconst[0].get_data(), w)

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <map>
 
 #ifdef __linux__
@@ -38,6 +39,9 @@ bool enabled() {
     }();
     return on;
 }
+
+// tensors copied (file-mapped source) / collapsed in place (heap) so far, and their bytes (nncf_moe3_weight_pages)
+std::atomic<int64_t> g_stats[4];
 
 inline uintptr_t align_up(uintptr_t v, size_t a) { return (v + a - 1) / a * a; }
 inline uintptr_t align_down(uintptr_t v, size_t a) { return v / a * a; }
@@ -83,7 +87,10 @@ std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t byte
                         e = align_down(reinterpret_cast<uintptr_t>(src) + bytes, HUGE_PAGE);
         if (e > a) {
             madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-            madvise(reinterpret_cast<void*>(a), e - a, MADV_COLLAPSE);  // failure: 4 KB pages, same data
+            if (madvise(reinterpret_cast<void*>(a), e - a, MADV_COLLAPSE) == 0) {  // failure: 4 KB pages, same data
+                g_stats[2] += 1;
+                g_stats[3] += (int64_t)(e - a);
+            }
         }
     } else if (kind == Kind::file_read_only) {
         // 2 MB-aligned start, length rounded to 4 KB only: the whole 2 MB pieces get huge pages, the tail small ones
@@ -106,6 +113,8 @@ std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t byte
         const uintptr_t pa = align_up(reinterpret_cast<uintptr_t>(src), page),
                         pe = align_down(reinterpret_cast<uintptr_t>(src) + bytes, page);
         if (pe > pa) madvise(reinterpret_cast<void*>(pa), pe - pa, MADV_DONTNEED);
+        g_stats[0] += 1;
+        g_stats[1] += (int64_t)bytes;
     }
     return r;
 }
@@ -143,3 +152,9 @@ const uint8_t* HugeWeights::view(const uint8_t* src, size_t bytes) const {
 }
 
 }  // namespace nncf_moe3
+
+// C entry point (ctypes: tests, diagnostics): out[0..3] = tensors copied out of a file mapping, their bytes, tensors
+// collapsed into 2 MB pages in place, the collapsed bytes — process totals since the library was loaded.
+extern "C" __attribute__((visibility("default"))) void nncf_moe3_weight_pages(int64_t* out) {
+    for (int i = 0; i < 4; ++i) out[i] = nncf_moe3::g_stats[i].load();
+}
