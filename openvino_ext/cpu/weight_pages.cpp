@@ -18,6 +18,7 @@ namespace nncf_moe3 {
 
 struct HugeWeights::Region {
     const uint8_t* use = nullptr;  // where the kernels read the tensor
+    size_t bytes = 0;              // bytes of the source the region was made for (a copy holds exactly these)
     void* mem = nullptr;           // our copy (file-mapped source), or nullptr
     size_t mem_bytes = 0;
     ~Region() {
@@ -80,6 +81,7 @@ Kind classify(const uint8_t* p, size_t bytes) {
 std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t bytes) {
     auto r = std::make_shared<HugeWeights::Region>();
     r->use = src;
+    r->bytes = bytes;
     if (!enabled() || bytes < MIN_BYTES) return r;
     const Kind kind = classify(src, bytes);
     if (kind == Kind::anonymous) {  // in place: the contents do not change, only the page size
@@ -119,9 +121,10 @@ std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t byte
     return r;
 }
 #else
-std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t) {
+std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t bytes) {
     auto r = std::make_shared<HugeWeights::Region>();
     r->use = src;
+    r->bytes = bytes;
     return r;
 }
 #endif
@@ -133,8 +136,10 @@ std::map<const uint8_t*, std::weak_ptr<HugeWeights::Region>> g_regions;  // shar
 
 const uint8_t* HugeWeights::view(const uint8_t* src, size_t bytes) const {
     std::lock_guard<std::mutex> lock(m_mu);
+    // a region made for fewer bytes than asked (never for a Constant's one tensor) must not be read past its copy
+    const auto use = [&](const Region& r) { return bytes <= r.bytes ? r.use : src; };
     for (const auto& h : m_held)
-        if (h.first == src) return h.second->use;
+        if (h.first == src) return use(*h.second);
     std::shared_ptr<Region> r;
     {
         std::lock_guard<std::mutex> glock(g_mu);
@@ -148,7 +153,7 @@ const uint8_t* HugeWeights::view(const uint8_t* src, size_t bytes) const {
             it = it->second.expired() ? g_regions.erase(it) : std::next(it);
     }
     m_held.emplace_back(src, r);
-    return r->use;
+    return use(*r);
 }
 
 }  // namespace nncf_moe3
