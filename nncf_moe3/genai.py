@@ -51,7 +51,7 @@ EXACT_CONFIG = {
 #: Sub-folder of :func:`prepare`'s output holding the untransformed (stock-decompression) baseline IR.
 BASELINE_SUBDIR = "plain_decompression"
 
-_NATIVE_OPS = ("MoE3", "MatMul3")
+_NATIVE_OPS = ("MoE3", "MoE3R", "MatMul3")
 
 
 def convert_tokenizer(source_dir: str | Path, out_dirs) -> str | None:
@@ -73,7 +73,7 @@ def convert_tokenizer(source_dir: str | Path, out_dirs) -> str | None:
 
 
 def native_op_counts(model) -> Counter:
-    """``Counter`` of ``MoE3`` / ``MatMul3`` nodes in an ``ov.Model`` or an IR path (read with the extension)."""
+    """``Counter`` of ``MoE3`` / ``MoE3R`` / ``MatMul3`` nodes in an ``ov.Model`` or an IR path (read with the extension)."""
     if not isinstance(model, ov.Model):
         import openvino_ext
 

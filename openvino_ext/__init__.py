@@ -33,8 +33,9 @@ def register(core, device: str | None = None):
 
 
 def transform(model, target: str = "cpu", *, fuse: bool = True):
-    """Rewrite u3 decompression subgraphs: ``"cpu"`` -> MatMul3 / MoE3 ops (``fuse``: MatMul3 ops sharing their
-    input, e.g. q/k/v, merged into one), ``"widen"`` -> u4 (stock plugins)."""
+    """Rewrite u3 decompression subgraphs: ``"cpu"`` -> MatMul3 / MoE3R (router inside) / MoE3 ops (``fuse``: MatMul3
+    ops sharing their input, e.g. q/k/v, merged into one), ``"gpu"`` -> MatMul3 / MoE3 (the GPU custom layer's ops),
+    ``"widen"`` -> u4 (stock plugins)."""
     from openvino_ext.transformations import transform as _transform
 
     return _transform(model, target, fuse=fuse)

@@ -45,6 +45,12 @@ MoE3 (opset "nncf_moe3"): routed experts of one MoE block, SwiGLU experts::
                 Qwen2-MoE with norm_topk_prob=False: False)
     output  Y f32 [T, H] = sum_k w_k * down_e(silu(gate_e(x)) * up_e(x)),  e = k-th selected expert
 A shared expert (Qwen2-MoE) stays outside MoE3 (its 2-D weights become MatMul3 ops).
+
+MoE3R (opset "nncf_moe3"): MoE3 with the router MatMul inside -- input 1 is the router weight
+``W_r f32 [E, H]`` and ``router_logits = X @ W_r^T`` (f32) is computed by the op; everything else as MoE3. A
+separate op type so that a runtime implementing only MoE3 (the GPU custom layer) refuses it instead of reading
+the router weight as logits. ``transform(model, "cpu")`` emits it when the router weight is a constant
+(float, or a u8/i8/u3 decompression subgraph, dequantized to f32 at transform time).
 """
 
 from __future__ import annotations
@@ -159,6 +165,13 @@ def moe3_ref(x, router_logits, wg, sg, zg, wu, su, zu, wd, sd, zd, c, *, top_k: 
         down = act @ dequantize(wd[ex], sd[ex], zsel(zd, ex), c, group_size, inter).T
         out[rows] += wts[rows, slot][:, None] * down
     return out
+
+
+def moe3r_ref(x, router_weight, *weights, **attrs) -> np.ndarray:
+    """MoE3R reference: :func:`moe3_ref` on ``router_logits = x @ router_weight^T`` (f32)."""
+    x = np.asarray(x, dtype=np.float32)
+    logits = x @ np.asarray(router_weight, dtype=np.float32).T
+    return moe3_ref(x, logits, *weights, **attrs)
 
 
 def random_case(rng: np.random.Generator, n: int, k: int, group_size: int, mode: str, lead: tuple = ()):

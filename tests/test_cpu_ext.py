@@ -259,7 +259,7 @@ def test_large_weights_through_huge_pages(ext, tmp_path, source):
 
 
 def test_ops_roundtrip_through_ir(ext, tmp_path):
-    """visit_attributes: an IR with MatMul3 / MoE3 serializes and reads back (with the extension) unchanged."""
+    """visit_attributes: an IR with MatMul3 / MoE3 / MoE3R serializes and reads back (with the extension) unchanged."""
     factory, core = ext
     rng = np.random.default_rng(3)
     e, h, inter, gs = 4, 64, 64, 32
@@ -269,20 +269,26 @@ def test_ops_roundtrip_through_ir(ext, tmp_path):
     moe = factory.create("MoE3", [x.output(0), logits.output(0)] + _consts(weights),
                          {"top_k": 2, "normalize_topk": False, "group_size": gs,
                           "k3_version": K3_VERSION})
+    wr = rng.standard_normal((e, h)).astype(np.float32) * 0.2
+    moe_r = factory.create("MoE3R", [moe.output(0)] + _consts([wr] + weights),
+                           {"top_k": 3, "normalize_topk": True, "group_size": gs, "k3_version": K3_VERSION})
     w, s, z, c = R.random_case(rng, 16, h, gs, "nf3")
-    mm = factory.create("MatMul3", [moe.output(0)] + _consts((w, s, z, c)), {"group_size": gs, "k3_version": K3_VERSION})
+    mm = factory.create("MatMul3", [moe_r.output(0)] + _consts((w, s, z, c)), {"group_size": gs, "k3_version": K3_VERSION})
     model = ov.Model([mm.output(0)], [x, logits])
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     xml = (tmp_path / "m.xml").read_text()
     assert 'type="MoE3" version="nncf_moe3"' in xml and 'type="MatMul3" version="nncf_moe3"' in xml
-    assert 'normalize_topk="false"' in xml and 'top_k="2"' in xml
+    assert 'type="MoE3R" version="nncf_moe3"' in xml
+    assert 'normalize_topk="false"' in xml and 'top_k="2"' in xml and 'top_k="3"' in xml
     back = core.read_model(tmp_path / "m.xml")
     xv = rng.standard_normal((5, h)).astype(np.float32)
     lv = rng.standard_normal((5, e)).astype(np.float32)
     a = core.compile_model(model, "CPU", F32)([xv, lv])[0]
     b = core.compile_model(back, "CPU", F32)([xv, lv])[0]
     np.testing.assert_array_equal(a, b)
-    ref = R.matmul3_ref(R.moe3_ref(xv, lv, *weights, top_k=2, normalize_topk=False, group_size=gs), w, s, z, c, gs)
+    y1 = R.moe3_ref(xv, lv, *weights, top_k=2, normalize_topk=False, group_size=gs)
+    y2 = R.moe3r_ref(y1, wr, *weights, top_k=3, normalize_topk=True, group_size=gs)
+    ref = R.matmul3_ref(y2, w, s, z, c, gs)
     assert _rel(a, ref) < 5e-5
 
 
@@ -381,6 +387,54 @@ def test_moe3_random(ext, isa, t, e, h, inter, gs, k, norm, mode):
     y = _moe3_model(ext, h, e, weights, k, norm, gs)([x, logits])[0]
     ref = R.moe3_ref(x, logits, *weights, top_k=k, normalize_topk=norm, group_size=gs)
     _check(y, ref, isa)
+
+
+def _moe3r_model(ext, h, router_weight, weights, top_k, norm, gs):
+    factory, core = ext
+    x = ops.parameter([-1, h], np.float32)
+    node = factory.create("MoE3R", [x.output(0)] + _consts([router_weight] + list(weights)),
+                          {"top_k": top_k, "normalize_topk": norm, "group_size": gs, "k3_version": K3_VERSION})
+    return core.compile_model(ov.Model([node.output(0)], [x]), "CPU", F32)
+
+
+MOE3R_CASES = [  # (tokens, experts, hidden, inter, group_size, top_k, normalize, mode)
+    (1, 16, 256, 192, 64, 8, True, "int3_sym"),  # decode: router GEMM on the calling thread
+    (3, 5, 100, 100, 100, 2, False, "int3_asym"),  # H % 16 != 0 (per-channel groups): zero-padded router GEMM
+    (33, 8, 128, 64, 32, 2, True, "nf3"),  # prefill: router GEMM over token chunks in parallel
+    (128, 16, 256, 128, 128, 8, True, "int3_asym"),
+]
+
+
+@pytest.mark.parametrize("t,e,h,inter,gs,k,norm,mode", MOE3R_CASES)
+def test_moe3r_matches_reference(ext, isa, t, e, h, inter, gs, k, norm, mode):
+    """MoE3R (router MatMul inside the op) vs the numpy reference, and vs MoE3 fed the same logits."""
+    rng = np.random.default_rng(_seed(t, e, h, inter, gs, k, mode, "r"))
+    weights = _moe_case(rng, e, h, inter, gs, mode)
+    x = rng.standard_normal((t, h)).astype(np.float32)
+    wr = (rng.standard_normal((e, h)) * 2 / np.sqrt(h)).astype(np.float32)
+    y = _moe3r_model(ext, h, wr, weights, k, norm, gs)(x)[0]
+    _check(y, R.moe3r_ref(x, wr, *weights, top_k=k, normalize_topk=norm, group_size=gs), isa)
+    # same routing as MoE3 on logits computed outside (ties aside: random logits have none)
+    logits = (x.astype(np.float64) @ wr.T.astype(np.float64)).astype(np.float32)
+    y3 = _moe3_model(ext, h, e, weights, k, norm, gs)([x, logits])[0]
+    assert _rel(y, y3) < 1e-4
+
+
+def test_moe3r_bad_operands_rejected(ext):
+    factory, _ = ext
+    rng = np.random.default_rng(8)
+    e, h, inter, gs = 4, 64, 32, 32
+    weights = _moe_case(rng, e, h, inter, gs, "int3_sym")
+    x = ops.parameter([-1, h], np.float32)
+    attrs = {"top_k": 2, "normalize_topk": True, "group_size": gs, "k3_version": K3_VERSION}
+    with pytest.raises(Exception, match="disagree on the hidden size"):
+        factory.create("MoE3R", [x.output(0)] + _consts([np.zeros((e, h + 32), np.float32)] + weights), attrs)
+    with pytest.raises(Exception, match="disagree on the expert count"):
+        factory.create("MoE3R", [x.output(0)] + _consts([np.zeros((e + 1, h), np.float32)] + weights), attrs)
+    with pytest.raises(Exception, match="router_weight must be f32"):
+        factory.create("MoE3R", [x.output(0)] + _consts([np.zeros((e, h), np.float16)] + weights), attrs)
+    with pytest.raises(Exception, match="top_k 5 > expert count"):
+        factory.create("MoE3R", [x.output(0)] + _consts([np.zeros((e, h), np.float32)] + weights), dict(attrs, top_k=5))
 
 
 def test_moe3_large_activations(ext, isa):

@@ -17,8 +17,9 @@ F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"
 ARCHS = ["qwen3_moe", "mixtral", "qwen2_moe"]
 MODES = ["upstream_int3_sym", "int3_sym", "int3_asym", "nf3"]
 LAYERS = 2  # tiny_config: 2 MoE layers
-# 2-D u3 MatMuls per layer: attention q/k/v/o (+ router for upstream, which compresses it; nncf-moe3 keeps it int8)
-# (+ Qwen2-MoE shared expert gate/up/down and its 1-wide sigmoid gate)
+# 2-D u3 MatMuls per layer: attention q/k/v/o (+ Qwen2-MoE shared expert gate/up/down and its 1-wide sigmoid gate);
+# the router (u3 in upstream INT3_SYM, int8 in nncf-moe3) goes into MoE3R with target "cpu", stays a MatMul3 (u3) with
+# target "gpu"
 DENSE_PER_LAYER = {"qwen3_moe": 4, "mixtral": 4, "qwen2_moe": 8}
 
 
@@ -82,7 +83,7 @@ def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
 
     q = compressed[(arch, mode)]
     ref_cm = core.compile_model(q, "CPU", F32)
-    dense = DENSE_PER_LAYER[arch] + (1 if mode == "upstream_int3_sym" else 0)
+    dense = DENSE_PER_LAYER[arch]
     unfused = openvino_ext.transform(q.clone(), "cpu", fuse=False)
     assert _count(unfused)["MatMul3"] == LAYERS * dense
     t = openvino_ext.transform(q.clone(), "cpu")
@@ -90,7 +91,9 @@ def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
 
     stats = dict(transformations.last_stats)
     counts = _count(t)
-    assert counts["MoE3"] == LAYERS
+    assert counts["MoE3R"] == LAYERS and counts["MoE3"] == 0  # the router MatMul is inside the op
+    moes = [n for n in t.get_ordered_ops() if n.get_type_name() == "MoE3R"]
+    assert all(n.input_value(1).get_node().get_type_name() == "Constant" for n in moes)  # W_r [E, H] f32
     assert stats["MatMul3"] == LAYERS * dense
     # q / k / v (and a shared expert's gate / up) read the same activations: merged into one MatMul3 each
     assert stats["MatMul3 fused groups"] >= LAYERS
@@ -170,7 +173,7 @@ def test_unsupported_left_untouched_and_logged(core, tiny_models, caplog, kw, re
     before = _u3_count(q)
     with caplog.at_level(logging.INFO, logger="openvino_ext"):
         t = openvino_ext.transform(q.clone(), "cpu")
-    assert _count(t)["MoE3"] == 0 and _count(t)["MatMul3"] == 0
+    assert _count(t)["MoE3"] == _count(t)["MoE3R"] == 0 and _count(t)["MatMul3"] == 0
     assert _u3_count(t) == before
     assert any(reason in r.getMessage() for r in caplog.records if r.name == "openvino_ext")
     ids = _ids()
@@ -185,8 +188,57 @@ def test_transformed_ir_roundtrip(core, compressed, tmp_path):
     ov.save_model(t, tmp_path / "m.xml", compress_to_fp16=False)
     back = core.read_model(tmp_path / "m.xml")
     ids = _ids()
-    assert "MoE3" in _count(back) and "MatMul3" in _count(back)
+    assert "MoE3R" in _count(back) and "MatMul3" in _count(back)
     assert _rel(core.compile_model(back, "CPU", F32)(ids)[0], core.compile_model(t, "CPU", F32)(ids)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["upstream_int3_sym", "int3_asym"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_transform_gpu_target_keeps_router_outside(core, compressed, arch, mode):
+    """target "gpu": only the ops the GPU custom layer implements (MoE3 taking the logits, MatMul3); the upstream
+    u3 router becomes a MatMul3. Same numbers as the untransformed IR and as target "cpu"."""
+    import openvino_ext
+    from openvino_ext import transformations
+
+    q = compressed[(arch, mode)]
+    t = openvino_ext.transform(q.clone(), "gpu")
+    counts = _count(t)
+    assert counts["MoE3"] == LAYERS and counts["MoE3R"] == 0
+    moes = [n for n in t.get_ordered_ops() if n.get_type_name() == "MoE3"]
+    # the logits come from the graph's router: stock int8 decompression MatMul, or MatMul3 for the upstream u3 one
+    # (Qwen2-MoE: fused with the shared expert's projections that read the same input -> VariadicSplit)
+    want = {"MatMul3", "VariadicSplit"} if mode == "upstream_int3_sym" else {"MatMul"}
+    assert all(n.input_value(1).get_node().get_type_name() in want for n in moes)
+    dense = DENSE_PER_LAYER[arch] + (1 if mode == "upstream_int3_sym" else 0)
+    assert transformations.last_stats["MatMul3"] == LAYERS * dense
+    assert _u3_count(t) == 0
+    cpu = openvino_ext.transform(q.clone(), "cpu")
+    ref_cm = core.compile_model(q, "CPU", F32)
+    for seq in (1, 5):
+        ids = _ids(seq)
+        ref = ref_cm(ids)[0]
+        assert _rel(core.compile_model(t, "CPU", F32)(ids)[0], ref) < 1e-4
+        assert _rel(core.compile_model(cpu, "CPU", F32)(ids)[0], ref) < 1e-4
+
+
+def test_router_with_other_consumers_stays_outside(core, compressed, caplog):
+    """Router logits also read elsewhere (here: a model output) cannot move into the op: MoE3 + logits, logged."""
+    import openvino_ext
+    from openvino import opset13 as ops
+
+    q = compressed[("mixtral", "int3_sym")].clone()
+    softmaxes = [n for n in q.get_ordered_ops() if n.get_type_name() == "Softmax"]
+    assert len(softmaxes) == LAYERS
+    q.add_results([ops.result(sm.input_value(0)) for sm in softmaxes])
+    with caplog.at_level(logging.INFO, logger="openvino_ext"):
+        t = openvino_ext.transform(q.clone(), "cpu")
+    assert _count(t)["MoE3"] == LAYERS and _count(t)["MoE3R"] == 0
+    assert any("router stays outside" in r.getMessage() and "other consumers" in r.getMessage()
+               for r in caplog.records if r.name == "openvino_ext")
+    ids = _ids(3)
+    got, ref = core.compile_model(t, "CPU", F32)(ids), core.compile_model(q, "CPU", F32)(ids)
+    for i in range(len(q.outputs)):
+        assert _rel(got[i], ref[i]) < 1e-4
 
 
 def test_bad_target(compressed):
@@ -209,7 +261,7 @@ def test_transform_cpu_with_default_dense_int4(core, tiny_models, arch):
     assert u4 > 0
     t = openvino_ext.transform(q.clone(), "cpu")
     counts = _count(t)
-    assert counts["MoE3"] == LAYERS and counts["MatMul3"] == 0 and _u3_count(t) == 0
+    assert counts["MoE3R"] == LAYERS and counts["MatMul3"] == 0 and _u3_count(t) == 0
     ref = core.compile_model(q, "CPU", F32)
     got = core.compile_model(t, "CPU", F32)
     for seq in (1, 7):

@@ -142,8 +142,8 @@ def test_stateful_compress_and_transform_to_moe3():
     ov_model = export_model(model, stateful=True, seq_len_hint=4)
     ov_model = nncf_moe3.compress_weights(ov_model, mode="int3_asym", group_size=32, progress=False)
     openvino_ext.transform(ov_model, "cpu")
-    assert transformations.last_stats["MoE3"] == model.config.num_hidden_layers
-    assert Counter(n.get_type_name() for n in ov_model.get_ops())["MoE3"] == model.config.num_hidden_layers
+    assert transformations.last_stats["MoE3R"] == model.config.num_hidden_layers
+    assert Counter(n.get_type_name() for n in ov_model.get_ops())["MoE3R"] == model.config.num_hidden_layers
     assert len(ov_model.get_sinks()) == 2 * model.config.num_hidden_layers
 
 

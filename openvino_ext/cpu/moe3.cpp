@@ -16,15 +16,25 @@
 namespace nncf_moe3 {
 
 MoE3::MoE3(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size, int64_t k3_version)
-    : Op(args), m_top_k(top_k), m_normalize_topk(normalize_topk), m_group_size(group_size), m_k3_version(k3_version) {
+    : MoE3(false, args, top_k, normalize_topk, group_size, k3_version) {}
+
+MoE3::MoE3(bool router_in_op, const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size,
+           int64_t k3_version)
+    : Op(args),
+      m_router_in_op(router_in_op),
+      m_top_k(top_k),
+      m_normalize_topk(normalize_topk),
+      m_group_size(group_size),
+      m_k3_version(k3_version) {
     constructor_validate_and_infer_types();
     keep_f16_constants(this, {3, 6, 9});
 }
 
 void MoE3::validate_and_infer_types() {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 12,
-                          "MoE3 takes 12 inputs (X, router_logits, Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C), got ",
-                          get_input_size());
+    const char* op = m_router_in_op ? "MoE3R" : "MoE3";
+    NODE_VALIDATION_CHECK(this, get_input_size() == 12, op, " takes 12 inputs (X, ",
+                          m_router_in_op ? "router_weight" : "router_logits",
+                          ", Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C), got ", get_input_size());
     const auto tx = get_input_element_type(0);
     NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
     for (size_t p : {2, 5, 8}) check_weight_types(this, p);
@@ -33,21 +43,40 @@ void MoE3::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, m_top_k >= 1, "top_k must be >= 1");
     const auto& xs = get_input_partial_shape(0);
     const auto& ls = get_input_partial_shape(1);
-    NODE_VALIDATION_CHECK(this, xs.rank().is_dynamic() || xs.rank().get_length() == 2, "X must be [T, H], got ", xs);
-    NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 2,
-                          "router_logits must be [T, E], got ", ls);
     const auto& wg = get_input_partial_shape(2);
-    if (ls.rank().is_static() && wg.rank().is_static() && ls[1].is_static() && wg[0].is_static())
-        NODE_VALIDATION_CHECK(this, ls[1].get_length() == wg[0].get_length(), "router_logits ", ls,
-                              " and gate weights ", wg, " disagree on the expert count");
-    if (ls.rank().is_static() && ls[1].is_static())
-        NODE_VALIDATION_CHECK(this, m_top_k <= ls[1].get_length(), "top_k ", m_top_k, " > expert count ", ls[1]);
+    NODE_VALIDATION_CHECK(this, xs.rank().is_dynamic() || xs.rank().get_length() == 2, "X must be [T, H], got ", xs);
+    // the expert count E: dim 1 of the logits [T, E] (MoE3) or dim 0 of the router weight [E, H] (MoE3R)
+    const int e_axis = m_router_in_op ? 0 : 1;
+    if (m_router_in_op) {
+        const auto tr = get_input_element_type(1);
+        NODE_VALIDATION_CHECK(this, tr.is_dynamic() || tr == ov::element::f32, "router_weight must be f32, got ", tr);
+        NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 2,
+                              "router_weight must be [E, H], got ", ls);
+        if (ls.rank().is_static() && xs.rank().is_static() && ls[1].is_static() && xs[1].is_static())
+            NODE_VALIDATION_CHECK(this, ls[1].get_length() == xs[1].get_length(), "router_weight ", ls, " and X ", xs,
+                                  " disagree on the hidden size");
+    } else {
+        NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 2,
+                              "router_logits must be [T, E], got ", ls);
+    }
+    if (ls.rank().is_static() && wg.rank().is_static() && ls[e_axis].is_static() && wg[0].is_static())
+        NODE_VALIDATION_CHECK(this, ls[e_axis].get_length() == wg[0].get_length(),
+                              m_router_in_op ? "router_weight " : "router_logits ", ls, " and gate weights ", wg,
+                              " disagree on the expert count");
+    if (ls.rank().is_static() && ls[e_axis].is_static())
+        NODE_VALIDATION_CHECK(this, m_top_k <= ls[e_axis].get_length(), "top_k ", m_top_k, " > expert count ",
+                              ls[e_axis]);
     set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, xs);
 }
 
 std::shared_ptr<ov::Node> MoE3::clone_with_new_inputs(const ov::OutputVector& new_args) const {
     check_new_args_count(this, new_args);
     return std::make_shared<MoE3>(new_args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);
+}
+
+std::shared_ptr<ov::Node> MoE3R::clone_with_new_inputs(const ov::OutputVector& new_args) const {
+    check_new_args_count(this, new_args);
+    return std::make_shared<MoE3R>(new_args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);
 }
 
 bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
@@ -59,7 +88,8 @@ bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
 }
 
 bool MoE3::has_evaluate() const {
-    if (get_input_element_type(0) != ov::element::f32 || get_input_element_type(1) != ov::element::f32) return false;
+    if (get_input_element_type(0) != ov::element::f32) return false;
+    if (get_input_element_type(1) != ov::element::f32) return false;
     for (size_t p : {2, 5, 8})
         if (get_input_element_type(p) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(p + 1)) ||
             get_input_element_type(p + 2) != ov::element::u8)
@@ -137,7 +167,7 @@ inline void prefetch_rows(const k3::Weight& W, int64_t n0) {
 struct Scratch {
     std::vector<std::vector<int32_t>> tok;  // [E] tokens routed to e
     std::vector<std::vector<float>> wts;    // [E] their routing weights
-    std::vector<float> p;
+    std::vector<float> p, logits, xpad, wpad;
     std::vector<int64_t> idx, active;
     k3::QActBuf qx;
     std::vector<std::vector<float>> act;  // [A][Te][I]
@@ -164,9 +194,13 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
     Clock clk;
     const auto xshape = inputs[0].get_shape();
     const auto lshape = inputs[1].get_shape();
-    OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 2 && lshape[0] == xshape[0], "MoE3: X ", xshape,
-                    " / router_logits ", lshape, " mismatch");
-    const int64_t T = (int64_t)xshape[0], H = (int64_t)xshape[1], E = (int64_t)lshape[1];
+    if (m_router_in_op)
+        OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 2 && lshape[1] == xshape[1], "MoE3R: X ", xshape,
+                        " / router_weight ", lshape, " mismatch");
+    else
+        OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 2 && lshape[0] == xshape[0], "MoE3: X ", xshape,
+                        " / router_logits ", lshape, " mismatch");
+    const int64_t T = (int64_t)xshape[0], H = (int64_t)xshape[1], E = (int64_t)lshape[m_router_in_op ? 0 : 1];
     const auto sg_shape = inputs[3].get_shape();
     OPENVINO_ASSERT(sg_shape.size() == 3 && (int64_t)sg_shape[0] == E, "MoE3: gate scales ", sg_shape,
                     " do not match E=", E);
@@ -186,10 +220,33 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
     if (T == 0) return true;
     const int64_t top_k = std::min<int64_t>(m_top_k, E);
 
-    // ---- routing: softmax over E, top-k (ties: lower index), optional renormalisation
-    const float* logits = static_cast<const float*>(inputs[1].data());
+    // ---- routing: [logits = X . W_r^T (MoE3R)], softmax over E, top-k (ties: lower index), optional renormalisation
     thread_local Scratch sc;
     sc.reset(E);
+    const float* logits = static_cast<const float*>(inputs[1].data());
+    if (m_router_in_op) {
+        const Kernels& Kr = select();
+        const float* x0 = static_cast<const float*>(inputs[0].data());
+        sc.logits.resize(T * E);
+        float* lg = sc.logits.data();
+        if (H % 16 == 0 && T <= 8) {  // the f32 GEMM kernel reads K in steps of 16
+            Kr.gemm(x0, H, T, logits, H, (int)E, H, lg, E);
+        } else if (H % 16 == 0) {  // prefill: token chunks in parallel
+            const float* wr = logits;
+            parallel_for((T + 11) / 12, [&](int64_t c) {
+                const int64_t t0 = c * 12, nt = std::min<int64_t>(12, T - t0);
+                Kr.gemm(x0 + t0 * H, H, nt, wr, H, (int)E, H, lg + t0 * E, E);
+            });
+        } else {  // zero-pad K (hidden sizes that are not multiples of 16: setup-sized copies, rare)
+            const int64_t Hp16 = (H + 15) / 16 * 16;
+            sc.xpad.assign(T * Hp16, 0.f);
+            sc.wpad.assign(E * Hp16, 0.f);
+            for (int64_t t = 0; t < T; ++t) std::copy(x0 + t * H, x0 + t * H + H, sc.xpad.data() + t * Hp16);
+            for (int64_t e = 0; e < E; ++e) std::copy(logits + e * H, logits + e * H + H, sc.wpad.data() + e * Hp16);
+            Kr.gemm(sc.xpad.data(), Hp16, T, sc.wpad.data(), Hp16, (int)E, Hp16, lg, E);
+        }
+        logits = sc.logits.data();
+    }
     auto& tok = sc.tok;  // tokens routed to e, in token order
     auto& wts = sc.wts;
     {

@@ -1,5 +1,6 @@
 // MoE3: routed SwiGLU experts of one MoE block with k3 weights (softmax -> top-k -> [renormalise] routing from
-// router logits). Inputs/attributes: openvino_ext/reference.py.
+// router logits). MoE3R: the same block with the router MatMul inside (input 1 is the router weight [E, H], f32 or
+// f16, instead of the logits [T, E]). Inputs/attributes: openvino_ext/reference.py.
 #pragma once
 #include <openvino/op/op.hpp>
 
@@ -23,12 +24,33 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
     bool has_evaluate() const override;
 
-private:
+protected:
+    // MoE3R: input 1 is the router weight [E, H] (logits = X . W_r^T computed inside the op); set before validation
+    MoE3(bool router_in_op, const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size,
+         int64_t k3_version);
+    explicit MoE3(bool router_in_op) : m_router_in_op(router_in_op) {}
+
+    bool m_router_in_op = false;
     HugeWeights m_pages;  // the k3 weights read through 2 MB pages (weight_pages.hpp)
     int64_t m_top_k = 2;
     bool m_normalize_topk = true;
     int64_t m_group_size = 128;
     int64_t m_k3_version = 1;  // deserialized IRs without the attribute: version 1 (refused)
+};
+
+// MoE3 with the router MatMul inside: one extension op per MoE block instead of a router FullyConnected + its
+// layout reorders + MoE3 (CPU). A separate type (not an attribute of MoE3) so that a runtime implementing only
+// MoE3 (the GPU custom layer) refuses it instead of reading the router weight as logits.
+class MoE3R : public MoE3 {
+public:
+    OPENVINO_OP("MoE3R", "nncf_moe3", MoE3);
+
+    MoE3R() : MoE3(true) {}
+    MoE3R(const ov::OutputVector& args, int64_t top_k, bool normalize_topk, int64_t group_size,
+          int64_t k3_version = k3_version_current())
+        : MoE3(true, args, top_k, normalize_topk, group_size, k3_version) {}
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override;
 };
 
 }  // namespace nncf_moe3

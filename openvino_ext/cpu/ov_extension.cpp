@@ -13,6 +13,7 @@
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<nncf_moe3::MatMul3>>(),
     std::make_shared<ov::OpExtension<nncf_moe3::MoE3>>(),
+    std::make_shared<ov::OpExtension<nncf_moe3::MoE3R>>(),
 }));
 
 // ---- plain C entry points for Python (ctypes): kernel ISA in use, read-bandwidth probe

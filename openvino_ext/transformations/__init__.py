@@ -1,14 +1,18 @@
 """Companion graph transformation of the nncf_moe3 ops (a Python graph walk over an ``ov.Model``).
 
 ``transform(model, "cpu")``
-    * tiled MoE blocks whose routed experts are u3 (gate / up / down ``[E, N, K]``) -> one ``MoE3`` op per block;
-      the router logits stay computed by the graph's MatMul (``MatMul -> Softmax -> TopK -> [Divide by ReduceSum]
-      -> ScatterElementsUpdate -> Transpose -> Reshape -> Multiply -> ReduceSum``, reference ``openvino.md`` §3.2);
+    * tiled MoE blocks whose routed experts are u3 (gate / up / down ``[E, N, K]``) -> one ``MoE3R`` op per block
+      (routing ``MatMul -> Softmax -> TopK -> [Divide by ReduceSum] -> ScatterElementsUpdate -> Transpose ->
+      Reshape -> Multiply -> ReduceSum``, reference ``openvino.md`` §3.2), with the router MatMul inside the op
+      when its weight is a constant subgraph that reads the experts' input (folded to f32 [E, H]); otherwise
+      ``MoE3``, which takes the logits computed by the graph (reason logged);
     * every other u3 decompression subgraph feeding a MatMul with a 2-D weight -> ``MatMul3``;
     * ``fuse=True`` (default): MatMul3 ops reading the same activations with the same K / group size / zero-point
       kind / codebook (q/k/v projections, a shared expert's gate/up) -> one MatMul3 over the concatenated rows +
       ``VariadicSplit`` (one weight stream, one activation quantization and one thread-pool dispatch instead of
       several; per-row results are identical).
+``transform(model, "gpu")``
+    the same without the router fusion: ``MoE3`` + ``MatMul3`` only, the ops the GPU custom layer implements.
 ``transform(model, "widen")``
     u3 constants -> u4 (lossless), the scalar i8 zero point of INT3_SYM -> u4 and per-group u3 zero points -> u4,
     the rest of the subgraph unchanged: stock plugins then keep the weights compressed (INT4 kernels).
@@ -27,13 +31,14 @@ import numpy as np
 
 from openvino_ext import u3
 from openvino_ext.reference import K3_VERSION
-from openvino_ext.transformations.decompression import U3Weight, Unsupported, etype, parse, src, tname
+from openvino_ext.transformations.decompression import (U3Weight, Unsupported, const_values, etype, parse, src,
+                                                        tname)
 
 logger = logging.getLogger("openvino_ext")
 
 __all__ = ["transform", "register", "TARGETS", "Unsupported", "U3Weight", "last_stats"]
 
-TARGETS = ("cpu", "widen")
+TARGETS = ("cpu", "gpu", "widen")
 U3_LAYOUT_KEY = ["nncf_moe3", "u3_layout"]
 
 #: Counters of the last :func:`transform` call (e.g. {"MoE3": 2, "MatMul3": 9, "skipped": 1}).
@@ -189,11 +194,74 @@ def _match_moe(reduce_sum, layout):
     logits, k, normalize = _match_router(r_node)
     if logits.get_partial_shape()[1].is_static and logits.get_partial_shape()[1].get_length() != e:
         raise Unsupported("router logits width != expert count")
+    try:
+        router, router_why = _router_weight(logits, x, e, h, layout), None
+    except Unsupported as why:
+        router, router_why = None, str(why)
     return dict(x=x, logits=logits, wg=wg, wu=wu, wd=wd, top_k=k, normalize=normalize, group_size=gs,
-                root=reduce_sum, name=down.get_friendly_name())
+                root=reduce_sum, name=down.get_friendly_name(), router=router, router_why=router_why)
 
 
-def _rewrite_moe(model, factory, layout, stats):
+_FOLD_MAX_DEPTH = 8
+
+
+def _fold_f32(output, layout: str, depth: int = 0) -> np.ndarray:
+    """Value of a constant subgraph (Constant / Convert / Subtract / Multiply / Add / Reshape / Squeeze / Unsqueeze /
+    Transpose) as f32, or raise Unsupported. Arithmetic in f32, as the CPU plugin runs weight decompression."""
+    node = output.get_node()
+    t = tname(node)
+    if depth > _FOLD_MAX_DEPTH:
+        raise Unsupported("router weight subgraph too deep")
+    if t == "Constant":
+        et = etype(node)
+        if et not in ("f32", "f16", "f64", "i8", "u8", "u3", "i32"):
+            raise Unsupported(f"router weight constant of type {et}")
+        return const_values(node, layout).astype(np.float32)
+    if t == "Convert":
+        return _fold_f32(node.input(0).get_source_output(), layout, depth + 1)
+    if t in ("Subtract", "Multiply", "Add"):
+        a = _fold_f32(node.input(0).get_source_output(), layout, depth + 1)
+        b = _fold_f32(node.input(1).get_source_output(), layout, depth + 1)
+        return {"Subtract": np.subtract, "Multiply": np.multiply, "Add": np.add}[t](a, b).astype(np.float32)
+    if t in ("Reshape", "Squeeze", "Unsqueeze"):
+        ps = output.get_partial_shape()
+        if not ps.is_static:
+            raise Unsupported("router weight Reshape with a dynamic shape")
+        return _fold_f32(node.input(0).get_source_output(), layout, depth + 1).reshape(tuple(ps.to_shape()))
+    if t == "Transpose":
+        perm = _const_int(src(node, 1))
+        if perm is None:
+            raise Unsupported("router weight Transpose with a non-constant permutation")
+        return np.transpose(_fold_f32(node.input(0).get_source_output(), layout, depth + 1), perm)
+    raise Unsupported(f"router weight computed by {t}")
+
+
+def _router_weight(logits, x, e: int, h: int, layout: str) -> np.ndarray:
+    """The router weight W_r f32 [E, H] when ``logits = MatMul(x, const W)`` feeds only the router Softmax (so that
+    MoE3R can compute the logits itself), else raise Unsupported (MoE3 then takes the logits)."""
+    mm = logits.get_node()
+    if tname(mm) != "MatMul":
+        raise Unsupported(f"router logits come from {tname(mm)}, not a MatMul (e.g. a router bias)")
+    if mm.input(0).get_source_output() != x:
+        raise Unsupported("the router MatMul reads another tensor than the experts")
+    if len(logits.get_target_inputs()) != 1:
+        raise Unsupported("the router logits have other consumers than the routing Softmax")
+    attrs = mm.get_attributes()
+    if attrs.get("transpose_a"):
+        raise Unsupported("router MatMul with transpose_a")
+    w = _fold_f32(mm.input(1).get_source_output(), layout)
+    if w.ndim != 2:
+        raise Unsupported(f"router weight of rank {w.ndim}")
+    if not attrs.get("transpose_b"):
+        w = w.T
+    if w.shape != (e, h):
+        raise Unsupported(f"router weight {w.shape} is not [E={e}, H={h}]")
+    if not np.all(np.isfinite(w)):
+        raise Unsupported("router weight has NaN / Inf values")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _rewrite_moe(model, factory, layout, stats, fuse_router: bool = True):
     for node in list(model.get_ordered_ops()):
         if tname(node) != "ReduceSum":
             continue
@@ -205,17 +273,22 @@ def _rewrite_moe(model, factory, layout, stats):
             continue
         if m is None:
             continue
-        ops_in = [m["x"], m["logits"]]
+        router = m["router"] if fuse_router else None
+        if fuse_router and router is None:
+            logger.info("MoE block at %s: router stays outside (MoE3 takes its logits): %s",
+                        node.get_friendly_name(), m["router_why"])
+        ops_in = [m["x"], _consts((router,))[0] if router is not None else m["logits"]]
         for w in (m["wg"], m["wu"], m["wd"]):
             wk, s, z, _ = w.kernel_operands()
             ops_in += _consts((wk, s, z))
         ops_in += _consts((m["wg"].codebook,))
-        moe = factory.create("MoE3", ops_in, {"top_k": int(m["top_k"]), "normalize_topk": bool(m["normalize"]),
-                                              "group_size": int(m["group_size"]), "k3_version": K3_VERSION})
+        op_type = "MoE3R" if router is not None else "MoE3"
+        moe = factory.create(op_type, ops_in, {"top_k": int(m["top_k"]), "normalize_topk": bool(m["normalize"]),
+                                               "group_size": int(m["group_size"]), "k3_version": K3_VERSION})
         moe.set_friendly_name(node.get_friendly_name())
         for inp in list(node.output(0).get_target_inputs()):
             inp.replace_source_output(moe.output(0))
-        stats["MoE3"] += 1
+        stats[op_type] += 1
 
 
 def _rewrite_matmuls(model, factory, layout, stats):
@@ -359,8 +432,8 @@ def _widen(model, layout, stats):
 
 # ----------------------------------------------------------------------------------------------------------------
 def transform(model, target: str = "cpu", *, fuse: bool = True):
-    """Rewrite ``model`` in place for ``target`` (``"cpu"`` or ``"widen"``) and return it (see module docstring).
-    ``fuse`` (target "cpu"): merge MatMul3 ops that read the same activations into one."""
+    """Rewrite ``model`` in place for ``target`` (``"cpu"``, ``"gpu"`` or ``"widen"``) and return it (see module
+    docstring). ``fuse`` (targets "cpu" / "gpu"): merge MatMul3 ops that read the same activations into one."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
     layout = model_layout(model)
@@ -369,7 +442,7 @@ def transform(model, target: str = "cpu", *, fuse: bool = True):
         _widen(model, layout, stats)
     else:
         factory = _factory()
-        _rewrite_moe(model, factory, layout, stats)
+        _rewrite_moe(model, factory, layout, stats, fuse_router=target == "cpu")
         _rewrite_matmuls(model, factory, layout, stats)
         if fuse:
             _fuse_matmul3(model, factory, stats)
