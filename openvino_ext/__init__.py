@@ -32,13 +32,14 @@ def register(core, device: str | None = None):
     return _register(core, device)
 
 
-def transform(model, target: str = "cpu", *, fuse: bool = True):
+def transform(model, target: str = "cpu", *, fuse: bool = True, activations: str | None = None):
     """Rewrite u3 decompression subgraphs: ``"cpu"`` -> MatMul3 / MoE3R (router inside) / MoE3 ops (``fuse``: MatMul3
     ops sharing their input, e.g. q/k/v, merged into one), ``"gpu"`` -> MatMul3 / MoE3 (the GPU custom layer's ops),
-    ``"widen"`` -> u4 (stock plugins)."""
+    ``"widen"`` -> u4 (stock plugins). ``activations`` ("f32" | "bf16", target "cpu"): the ops' activation type,
+    default bf16 where the CPU plugin runs bf16 by default (see :func:`openvino_ext.transformations.transform`)."""
     from openvino_ext.transformations import transform as _transform
 
-    return _transform(model, target, fuse=fuse)
+    return _transform(model, target, fuse=fuse, activations=activations)
 
 
 def _clib():

@@ -420,6 +420,58 @@ def test_moe3r_matches_reference(ext, isa, t, e, h, inter, gs, k, norm, mode):
     assert _rel(y, y3) < 1e-4
 
 
+def _bf16(a):
+    """Round f32 to bf16 (nearest even) and back to f32."""
+    b = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    return r.view(np.float32)
+
+
+def _bf16_io(ext, make, inputs):
+    """Compile the op with a bf16 X (a Convert in front; the output read through a Convert to f32) and run it."""
+    factory, core = ext
+    x = ops.parameter([-1, inputs[0].shape[1]], np.float32)
+    xb = ops.convert(x, ov.Type.bf16)
+    node = make(factory, xb.output(0))
+    assert node.get_output_element_type(0) == ov.Type.bf16
+    m = ov.Model([ops.convert(node.output(0), ov.Type.f32).output(0)], [x])
+    return core.compile_model(m, "CPU", F32)(inputs[0])[0]
+
+
+@pytest.mark.parametrize("t", [1, 3, 40])
+def test_bf16_activations(ext, isa, t):
+    """X / Y in bf16 (transform(activations="bf16")): the ops compute in f32 on the widened input and round the
+    result to nearest even -- MatMul3 and MoE3R vs the reference on the bf16-rounded input, rounded."""
+    rng = np.random.default_rng(_seed(t, "bf16"))
+    h, n, e, inter, gs = 256, 96, 8, 128, 64
+    x = _bf16(rng.standard_normal((t, h)).astype(np.float32))
+    w, s, z, c = R.random_case(rng, n, h, gs, "int3_asym")
+    y = _bf16_io(ext, lambda f, xb: f.create("MatMul3", [xb] + _consts((w, s, z, c)),
+                                            {"group_size": gs, "k3_version": K3_VERSION}), [x])
+    ref = R.matmul3_ref(x, w, s, z, c, gs)
+    assert np.array_equal(y, _bf16(y))  # really bf16 values
+    _check(y, _bf16(ref), isa) if isa in QUANT_ISAS else np.testing.assert_allclose(y, _bf16(ref), rtol=0,
+                                                                                    atol=8e-3 * np.abs(ref).max())
+    weights = _moe_case(rng, e, h, inter, gs, "nf3")
+    wr = (rng.standard_normal((e, h)) / np.sqrt(h)).astype(np.float32)
+    y = _bf16_io(ext, lambda f, xb: f.create("MoE3R", [xb] + _consts([wr] + weights),
+                                            {"top_k": 2, "normalize_topk": True, "group_size": gs,
+                                             "k3_version": K3_VERSION}), [x])
+    ref = R.moe3r_ref(x, wr, *weights, top_k=2, normalize_topk=True, group_size=gs)
+    assert np.array_equal(y, _bf16(y))
+    _check(y, _bf16(ref), isa) if isa in QUANT_ISAS else np.testing.assert_allclose(y, _bf16(ref), rtol=0,
+                                                                                    atol=8e-3 * np.abs(ref).max())
+
+
+def test_act_type_rejected(ext):
+    factory, _ = ext
+    rng = np.random.default_rng(6)
+    w, s, z, c = R.random_case(rng, 8, 64, 32, "int3_sym")
+    p = ops.parameter([-1, 64], np.float16)
+    with pytest.raises(Exception, match="X must be f32 or bf16"):
+        factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
+
+
 def test_moe3r_bad_operands_rejected(ext):
     factory, _ = ext
     rng = np.random.default_rng(8)
@@ -513,7 +565,7 @@ def test_transform_both_layouts_prefill(ext, monkeypatch, layout, act_quant):
     p = ops.parameter([-1, k], np.float32)
     model = ov.Model([ops.matmul(p, wf, False, True)], [p])
     model.set_rt_info(layout, ["nncf_moe3", "u3_layout"])
-    openvino_ext.transform(model, "cpu")
+    openvino_ext.transform(model, "cpu", activations="f32")
     assert any(op.get_type_name() == "MatMul3" for op in model.get_ordered_ops())
     cm = ext[1].compile_model(model, "CPU", F32)
     wref = (codes.astype(np.float32) - 4) * scale.astype(np.float32)

@@ -84,9 +84,9 @@ def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
     q = compressed[(arch, mode)]
     ref_cm = core.compile_model(q, "CPU", F32)
     dense = DENSE_PER_LAYER[arch]
-    unfused = openvino_ext.transform(q.clone(), "cpu", fuse=False)
+    unfused = openvino_ext.transform(q.clone(), "cpu", fuse=False, activations="f32")
     assert _count(unfused)["MatMul3"] == LAYERS * dense
-    t = openvino_ext.transform(q.clone(), "cpu")
+    t = openvino_ext.transform(q.clone(), "cpu", activations="f32")
     from openvino_ext import transformations
 
     stats = dict(transformations.last_stats)
@@ -155,7 +155,7 @@ def test_transform_reads_both_u3_layouts(core, compressed, layout):
     ids = _ids()
     ref = core.compile_model(q, "CPU", F32)(ids)[0]
     for target in ("cpu", "widen"):
-        t = openvino_ext.transform(_repack(q, layout), target)
+        t = openvino_ext.transform(_repack(q, layout), target, **({"activations": "f32"} if target == "cpu" else {}))
         assert _u3_count(t) == 0
         got = core.compile_model(t, "CPU", F32)(ids)[0]
         assert _rel(got, ref) < 1e-4, (layout, target)
@@ -172,7 +172,7 @@ def test_unsupported_left_untouched_and_logged(core, tiny_models, caplog, kw, re
     q = _compress(tiny_models["qwen3_moe"][1], kw.pop("mode"), **kw)
     before = _u3_count(q)
     with caplog.at_level(logging.INFO, logger="openvino_ext"):
-        t = openvino_ext.transform(q.clone(), "cpu")
+        t = openvino_ext.transform(q.clone(), "cpu", activations="f32")
     assert _count(t)["MoE3"] == _count(t)["MoE3R"] == 0 and _count(t)["MatMul3"] == 0
     assert _u3_count(t) == before
     assert any(reason in r.getMessage() for r in caplog.records if r.name == "openvino_ext")
@@ -184,7 +184,7 @@ def test_transformed_ir_roundtrip(core, compressed, tmp_path):
     """A transformed model saves as IR with nncf_moe3 ops and reads back (with the extension) to the same result."""
     import openvino_ext
 
-    t = openvino_ext.transform(compressed[("mixtral", "int3_sym")].clone(), "cpu")
+    t = openvino_ext.transform(compressed[("mixtral", "int3_sym")].clone(), "cpu", activations="f32")
     ov.save_model(t, tmp_path / "m.xml", compress_to_fp16=False)
     back = core.read_model(tmp_path / "m.xml")
     ids = _ids()
@@ -212,7 +212,7 @@ def test_transform_gpu_target_keeps_router_outside(core, compressed, arch, mode)
     dense = DENSE_PER_LAYER[arch] + (1 if mode == "upstream_int3_sym" else 0)
     assert transformations.last_stats["MatMul3"] == LAYERS * dense
     assert _u3_count(t) == 0
-    cpu = openvino_ext.transform(q.clone(), "cpu")
+    cpu = openvino_ext.transform(q.clone(), "cpu", activations="f32")
     ref_cm = core.compile_model(q, "CPU", F32)
     for seq in (1, 5):
         ids = _ids(seq)
@@ -231,7 +231,7 @@ def test_router_with_other_consumers_stays_outside(core, compressed, caplog):
     assert len(softmaxes) == LAYERS
     q.add_results([ops.result(sm.input_value(0)) for sm in softmaxes])
     with caplog.at_level(logging.INFO, logger="openvino_ext"):
-        t = openvino_ext.transform(q.clone(), "cpu")
+        t = openvino_ext.transform(q.clone(), "cpu", activations="f32")
     assert _count(t)["MoE3"] == LAYERS and _count(t)["MoE3R"] == 0
     assert any("router stays outside" in r.getMessage() and "other consumers" in r.getMessage()
                for r in caplog.records if r.name == "openvino_ext")
@@ -239,6 +239,66 @@ def test_router_with_other_consumers_stays_outside(core, compressed, caplog):
     got, ref = core.compile_model(t, "CPU", F32)(ids), core.compile_model(q, "CPU", F32)(ids)
     for i in range(len(q.outputs)):
         assert _rel(got[i], ref[i]) < 1e-4
+
+
+def _needs_bf16_default():
+    from openvino_ext.transformations import default_activations
+
+    if default_activations() != "bf16":
+        pytest.skip("the CPU plugin does not run bf16 by default on this CPU")
+
+
+@pytest.mark.parametrize("mode", ["upstream_int3_sym", "int3_asym", "nf3"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_activations_bit_identical_under_default_hint(core, compressed, arch, mode):
+    """activations="bf16" drops the plugin's f32 <-> bf16 reorders around the ops; the ops widen bf16 inputs and
+    round their results to nearest even exactly as those reorders did: the same logits, bit for bit, under the
+    plugin's default (bf16) precision. Fails if the ops' rounding differs from the plugin's."""
+    import openvino_ext
+
+    _needs_bf16_default()
+    q = compressed[(arch, mode)]
+    t16 = openvino_ext.transform(q.clone(), "cpu", activations="bf16")
+    t32 = openvino_ext.transform(q.clone(), "cpu", activations="f32")
+    native = [n for n in t16.get_ordered_ops() if n.get_type_name() in ("MoE3R", "MatMul3")]
+    assert native and all(n.get_output_element_type(0) == ov.Type.bf16 for n in native)
+    a, b = core.compile_model(t16, "CPU"), core.compile_model(t32, "CPU")
+    for seq in (1, 6):
+        ids = _ids(seq)
+        np.testing.assert_array_equal(a(ids)[0], b(ids)[0])
+
+
+def test_bf16_activations_no_reorders_around_ops(core, compressed):
+    """In the compiled (bf16) CPU graph no Reorder feeds or follows an extension op with activations="bf16"; with
+    "f32" the plugin puts one on each side."""
+    import openvino_ext
+
+    _needs_bf16_default()
+
+    def reorders_next_to_ops(model):
+        rt = core.compile_model(model, "CPU").get_runtime_model()
+        n = 0
+        for op in rt.get_ordered_ops():
+            if op.get_rt_info()["layerType"].astype(str) != "Reference":
+                continue
+            x = op.input_value(0).get_node()
+            n += x.get_rt_info()["layerType"].astype(str) == "Reorder"
+            n += sum(i.get_node().get_rt_info()["layerType"].astype(str) == "Reorder"
+                     for i in op.output(0).get_target_inputs())
+        return n
+
+    q = compressed[("qwen3_moe", "int3_sym")]
+    assert reorders_next_to_ops(openvino_ext.transform(q.clone(), "cpu", activations="bf16")) == 0
+    assert reorders_next_to_ops(openvino_ext.transform(q.clone(), "cpu", activations="f32")) >= 4 * LAYERS
+
+
+def test_bad_activations(compressed):
+    import openvino_ext
+
+    with pytest.raises(ValueError, match="activations must be"):
+        openvino_ext.transform(compressed[("mixtral", "nf3")].clone(), "cpu", activations="f16")
+    with pytest.raises(ValueError, match="target 'cpu' only"):
+        openvino_ext.transform(compressed[("mixtral", "nf3")].clone(), "gpu", activations="bf16")
 
 
 def test_bad_target(compressed):
@@ -259,7 +319,7 @@ def test_transform_cpu_with_default_dense_int4(core, tiny_models, arch):
     u4 = sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "u4"
              for op in q.get_ordered_ops())
     assert u4 > 0
-    t = openvino_ext.transform(q.clone(), "cpu")
+    t = openvino_ext.transform(q.clone(), "cpu", activations="f32")
     counts = _count(t)
     assert counts["MoE3R"] == LAYERS and counts["MatMul3"] == 0 and _u3_count(t) == 0
     ref = core.compile_model(q, "CPU", F32)

@@ -19,7 +19,7 @@ void MatMul3::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, get_input_size() == 5, "MatMul3 takes 5 inputs (X, W, S, Z, C), got ",
                           get_input_size());
     const auto tx = get_input_element_type(0);
-    NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
+    check_act_type(this, 0);
     check_weight_types(this, 1);
     check_codebook(this, 4);
     check_k3_version(this, m_k3_version);
@@ -52,7 +52,7 @@ bool MatMul3::visit_attributes(ov::AttributeVisitor& visitor) {
 }
 
 bool MatMul3::has_evaluate() const {
-    return get_input_element_type(0) == ov::element::f32 && get_input_element_type(1) == ov::element::u8 &&
+    return is_act_type(get_input_element_type(0)) && get_input_element_type(1) == ov::element::u8 &&
            is_f16_or_f32(get_input_element_type(2)) && get_input_element_type(3) == ov::element::u8 &&
            is_f16_or_f32(get_input_element_type(4));
 }
@@ -70,14 +70,25 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
     auto oshape = xshape;
     oshape.back() = (size_t)ws.N;
     outputs[0].set_shape(oshape);
-    float* y = static_cast<float*>(outputs[0].data());
     if (M == 0 || ws.N == 0) return true;
+    // bf16 activations: f32 copies (per-thread buffers in decode, per call in prefill)
+    thread_local std::vector<float> xbuf_decode, ybuf_decode;
+    std::vector<float> xbuf_local, ybuf_local;
+    const bool small = M <= GEMV_MAX_M;
+    float* y = f32_result(outputs[0], (size_t)(M * ws.N), small ? ybuf_decode : ybuf_local);
+    const float* x = f32_activations(X, small ? xbuf_decode : xbuf_local);
+    compute(inputs, x, y, M, K, ws);
+    store_result(outputs[0], y, (size_t)(M * ws.N));
+    return true;
+}
 
+void MatMul3::compute(const ov::TensorVector& inputs, const float* x, float* y, int64_t M, int64_t K,
+                      const k3::WeightSet& ws) const {
+    using namespace k3;
     const Kernels& Kn = select();
     const Table T = make_table(inputs[4].data(), inputs[4].get_element_type() == ov::element::f32, ws.z_scalar);
     const Weight W = ws.slice(0);
     const int64_t Kp = ws.Kb * BLOCK;
-    const float* x = static_cast<const float*>(X.data());
     const int threads = std::max(1, max_threads());
     if (q8_eligible(Kn, W)) {
         // int8 activations quantized once; tasks = row chunks (64 rows = one GEMM tile, fewer for small N)
@@ -102,7 +113,7 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
             const QAct Qm{Q.q + m0 * Q.ldq, Q.dx + m0 * Q.G, Q.sum + m0 * Q.G, Q.ldq, Q.G};
             rows_product_q8(Kn, W, T, Qm, nullptr, mm, n0, n1, y + m0 * ws.N + n0, ws.N);
         });
-        return true;
+        return;
     }
     std::vector<float> xpad;
     if (Kp != K) {
@@ -128,7 +139,6 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
         rows_product(Kn, W, T, x + m0 * Kp, Kp, mm, xs.empty() ? nullptr : xs.data() + m0 * ws.G, n0, n1,
                      y + m0 * ws.N + n0, ws.N);
     });
-    return true;
 }
 
 }  // namespace nncf_moe3

@@ -1,8 +1,9 @@
-// MatMul3: Y f32 [.., N] = X f32 [.., K] @ dequant(W k3 [N, Kb, 12], S f16 [N, G], Z u8 [N, G] | [1], C f16 [8])^T
-// Contract: openvino_ext/reference.py.
+// MatMul3: Y [.., N] = X [.., K] @ dequant(W k3 [N, Kb, 12], S f16 [N, G], Z u8 [N, G] | [1], C f16 [8])^T, X and Y
+// f32 (or both bf16: the kernels compute in f32). Contract: openvino_ext/reference.py.
 #pragma once
 #include <openvino/op/op.hpp>
 
+#include "kernels/k3_runtime.hpp"
 #include "weight_pages.hpp"
 
 namespace nncf_moe3 {
@@ -25,6 +26,9 @@ public:
     int64_t get_group_size() const { return m_group_size; }
 
 private:
+    void compute(const ov::TensorVector& inputs, const float* x, float* y, int64_t M, int64_t K,
+                 const k3::WeightSet& ws) const;
+
     HugeWeights m_pages;  // the k3 weights read through 2 MB pages (weight_pages.hpp)
     int64_t m_group_size = 128;
     int64_t m_k3_version = 1;  // deserialized IRs without the attribute: version 1 (refused)

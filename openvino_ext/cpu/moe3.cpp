@@ -36,7 +36,7 @@ void MoE3::validate_and_infer_types() {
                           m_router_in_op ? "router_weight" : "router_logits",
                           ", Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C), got ", get_input_size());
     const auto tx = get_input_element_type(0);
-    NODE_VALIDATION_CHECK(this, tx.is_dynamic() || tx.is_real(), "X must be floating point, got ", tx);
+    check_act_type(this, 0);
     for (size_t p : {2, 5, 8}) check_weight_types(this, p);
     check_codebook(this, 11);
     check_k3_version(this, m_k3_version);
@@ -88,7 +88,7 @@ bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
 }
 
 bool MoE3::has_evaluate() const {
-    if (get_input_element_type(0) != ov::element::f32) return false;
+    if (!is_act_type(get_input_element_type(0))) return false;
     if (get_input_element_type(1) != ov::element::f32) return false;
     for (size_t p : {2, 5, 8})
         if (get_input_element_type(p) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(p + 1)) ||
@@ -191,6 +191,24 @@ struct Scratch {
 
 bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     using namespace k3;
+    if (inputs[0].get_element_type() == ov::element::bf16) {
+        // bf16 activations: the f32 op on f32 copies (per-thread buffers in decode, per call in prefill), the result
+        // rounded back to bf16
+        const auto xshape = inputs[0].get_shape();
+        const size_t n = ov::shape_size(xshape);
+        thread_local std::vector<float> xbuf_decode, ybuf_decode;
+        std::vector<float> xbuf_local, ybuf_local;
+        const bool small = xshape.size() == 2 && (int64_t)xshape[0] <= GEMV_MAX_M;
+        ov::TensorVector in32 = inputs;
+        in32[0] = ov::Tensor(ov::element::f32, xshape,
+                             const_cast<float*>(f32_activations(inputs[0], small ? xbuf_decode : xbuf_local)));
+        outputs[0].set_shape(xshape);
+        ov::TensorVector out32{ov::Tensor(ov::element::f32, xshape, f32_result(outputs[0], n, small ? ybuf_decode
+                                                                                                   : ybuf_local))};
+        const bool ok = evaluate(out32, in32);
+        store_result(outputs[0], static_cast<const float*>(out32[0].data()), n);
+        return ok;
+    }
     Clock clk;
     const auto xshape = inputs[0].get_shape();
     const auto lshape = inputs[1].get_shape();

@@ -78,4 +78,38 @@ k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Ten
     return ws;
 }
 
+void check_act_type(const ov::Node* node, size_t port) {
+    const auto t = node->get_input_element_type(port);
+    NODE_VALIDATION_CHECK(node, t.is_dynamic() || is_act_type(t), "X must be f32 or bf16, got ", t);
+}
+
+const float* f32_activations(const ov::Tensor& t, std::vector<float>& buf) {
+    if (t.get_element_type() == ov::element::f32) return static_cast<const float*>(t.data());
+    OPENVINO_ASSERT(t.get_element_type() == ov::element::bf16, "activations of type ", t.get_element_type());
+    const size_t n = t.get_size();
+    buf.resize(n);
+    const uint16_t* s = static_cast<const uint16_t*>(t.data());
+    uint32_t* d = reinterpret_cast<uint32_t*>(buf.data());
+    for (size_t i = 0; i < n; ++i) d[i] = (uint32_t)s[i] << 16;
+    return buf.data();
+}
+
+float* f32_result(ov::Tensor& out, size_t n, std::vector<float>& buf) {
+    if (out.get_element_type() == ov::element::f32) return static_cast<float*>(out.data());
+    buf.resize(n);
+    return buf.data();
+}
+
+void store_result(ov::Tensor& out, const float* y, size_t n) {
+    if (out.get_element_type() == ov::element::f32) return;
+    uint16_t* d = static_cast<uint16_t*>(out.data());
+    const uint32_t* s = reinterpret_cast<const uint32_t*>(y);
+    for (size_t i = 0; i < n; ++i) {
+        const uint32_t b = s[i];
+        // round to nearest even (as the plugin's f32 -> bf16 reorder); NaN stays a quiet NaN
+        d[i] = (b & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((b >> 16) | 0x40u)
+                                               : (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    }
+}
+
 }  // namespace nncf_moe3

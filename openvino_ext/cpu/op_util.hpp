@@ -1,5 +1,7 @@
 // Operand checks shared by MatMul3 and MoE3.
 #pragma once
+#include <vector>
+
 #include <openvino/core/node.hpp>
 #include <openvino/runtime/tensor.hpp>
 
@@ -25,5 +27,17 @@ k3::WeightSet weight_set(const ov::Tensor& w, const ov::Tensor& s, const ov::Ten
 void keep_f16_constants(ov::Node* node, std::initializer_list<size_t> ports);
 
 inline bool is_f16_or_f32(const ov::element::Type& t) { return t == ov::element::f16 || t == ov::element::f32; }
+
+// Activation element types of the ops (X and the output): f32, or bf16 when the transformation put the ops' edges in
+// the CPU plugin's bf16 inference precision (no layout reorders around the op; the kernels still compute in f32).
+inline bool is_act_type(const ov::element::Type& t) { return t == ov::element::f32 || t == ov::element::bf16; }
+void check_act_type(const ov::Node* node, size_t port);
+
+// f32 view of an activation tensor: its data when f32, else (bf16) the values widened into buf.
+const float* f32_activations(const ov::Tensor& t, std::vector<float>& buf);
+// Where an op writes its f32 result: the output tensor itself when f32, else (bf16) buf resized to n.
+float* f32_result(ov::Tensor& out, size_t n, std::vector<float>& buf);
+// bf16 outputs: round the f32 result in buf (from f32_result) to nearest even into the tensor; no-op for f32.
+void store_result(ov::Tensor& out, const float* y, size_t n);
 
 }  // namespace nncf_moe3

@@ -11,6 +11,9 @@
       kind / codebook (q/k/v projections, a shared expert's gate/up) -> one MatMul3 over the concatenated rows +
       ``VariadicSplit`` (one weight stream, one activation quantization and one thread-pool dispatch instead of
       several; per-row results are identical).
+    * ``activations="bf16"`` (default where the CPU plugin runs bf16 by default): the native ops read and write bf16
+      (Convert nodes the plugin drops in bf16 mode), so that it inserts no layout reorders around them; the kernels
+      compute in f32.
 ``transform(model, "gpu")``
     the same without the router fusion: ``MoE3`` + ``MatMul3`` only, the ops the GPU custom layer implements.
 ``transform(model, "widen")``
@@ -380,6 +383,46 @@ def _fuse_matmul3(model, factory, stats):
             stats["MatMul3 fused away"] += len(nodes) - 1
 
 
+_NATIVE = ("MatMul3", "MoE3", "MoE3R")
+
+
+def default_activations() -> str:
+    """``"bf16"`` when the CPU plugin of this machine runs models in bf16 by default (its INFERENCE_PRECISION_HINT,
+    AVX512-BF16 / AMX CPUs), else ``"f32"``."""
+    import openvino as ov
+
+    try:
+        hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    except Exception:  # noqa: BLE001 - no CPU plugin: keep f32
+        return "f32"
+    return "bf16" if hint == ov.Type.bf16 else "f32"
+
+
+def _bf16_edges(model, stats):
+    """Put the native ops' activations in bf16: Convert(bf16) before X, Convert(f32) after the output. With the CPU
+    plugin's bf16 inference precision both Converts become bf16 -> bf16 and are dropped, so the plugin inserts no
+    f32 <-> bf16 layout reorders around the op (it runs custom ops with their declared types); the kernels still
+    compute in f32 and round the result to nearest even, as the plugin's reorder did."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    converted = {}
+    for node in list(model.get_ordered_ops()):
+        if tname(node) not in _NATIVE or etype(node.input(0).get_source_output()) != "f32":
+            continue
+        x = node.input(0).get_source_output()
+        key = (x.get_node().get_name(), x.get_index())
+        if key not in converted:
+            converted[key] = ops.convert(x, ov.Type.bf16)
+        node.input(0).replace_source_output(converted[key].output(0))
+        node.validate_and_infer_types()
+        consumers = list(node.output(0).get_target_inputs())
+        back = ops.convert(node.output(0), ov.Type.f32)
+        for inp in consumers:
+            inp.replace_source_output(back.output(0))
+        stats["bf16 edges"] += 1
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # widen: u3 -> u4
 # ----------------------------------------------------------------------------------------------------------------
@@ -431,11 +474,18 @@ def _widen(model, layout, stats):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def transform(model, target: str = "cpu", *, fuse: bool = True):
+def transform(model, target: str = "cpu", *, fuse: bool = True, activations: str | None = None):
     """Rewrite ``model`` in place for ``target`` (``"cpu"``, ``"gpu"`` or ``"widen"``) and return it (see module
-    docstring). ``fuse`` (targets "cpu" / "gpu"): merge MatMul3 ops that read the same activations into one."""
+    docstring). ``fuse`` (targets "cpu" / "gpu"): merge MatMul3 ops that read the same activations into one.
+    ``activations`` (target "cpu"): element type of the native ops' inputs / outputs, ``"f32"`` or ``"bf16"``;
+    default :func:`default_activations` (bf16 where the CPU plugin runs bf16 by default: no layout reorders around
+    the ops; an IR transformed so then rounds the ops' outputs to bf16 under any INFERENCE_PRECISION_HINT)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+    if activations not in (None, "f32", "bf16"):
+        raise ValueError(f"activations must be 'f32' or 'bf16', got {activations!r}")
+    if target != "cpu" and activations == "bf16":
+        raise ValueError(f"activations='bf16' applies to target 'cpu' only, not {target!r}")
     layout = model_layout(model)
     stats: Counter = Counter()
     if target == "widen":
@@ -446,6 +496,8 @@ def transform(model, target: str = "cpu", *, fuse: bool = True):
         _rewrite_matmuls(model, factory, layout, stats)
         if fuse:
             _fuse_matmul3(model, factory, stats)
+        if target == "cpu" and (activations or default_activations()) == "bf16":
+            _bf16_edges(model, stats)
         if model.has_rt_info(U3_LAYOUT_KEY):
             model.set_rt_info(f"k3v{K3_VERSION}", U3_LAYOUT_KEY)
     model.validate_nodes_and_infer_types()
