@@ -12,11 +12,15 @@ so ``openvino_ext.transform`` is exercised):
 
 Variants: ``int4`` (u4 + u4 zero point, g128: NNCF INT4_ASYM form, stock plugin), ``int3_stock`` (NNCF INT3_SYM: u3 +
 scalar i8 zero point 4, g128; stock OV folds u3), ``widen`` (the INT3_SYM IR after ``transform(target="widen")``),
-``moe3`` (the INT3_SYM IR after ``transform(target="cpu")``, run with the extension). Each variant runs in a fresh
+``moe3`` (the INT3_SYM IR after ``transform(target="cpu")``: MoE3R with the router inside + MatMul3, bf16 activation
+edges where the CPU plugin runs bf16; run with the extension). Each variant runs in a fresh
 subprocess that reads the IR from disk; "resident" = RSS after compile + runs minus the RSS of the same process
 after loading the CPU plugin and the extension (a trivial model compiled and run). The MoE-stack decode times the
 acceptance ratios use come from one more process that holds every MoE variant and times them in ``--rounds``
-alternating rounds (drift and noise of this shared VM then hit all variants alike).
+alternating rounds (drift and noise of this shared VM then hit all variants alike); that process also times
+``moe3_s4`` (the session-4 op set on the same weights: ``transform(target="gpu")``, MoE3 taking the graph's router
+logits, f32 activation edges) and ``@f32`` rows (INFERENCE_PRECISION_HINT=f32; MoE3 from an IR transformed with
+``activations="f32"``).
 
 GB/s = bytes of compressed weights read per token (attention + router + the experts actually selected, codes +
 scales + zero points, in the variant's storage format; for ``int3_stock`` the 3-bit size although OV reads its
@@ -213,6 +217,15 @@ def prepare(workdir: Path, args):
                 meta[(workload, name)] = dict(path=str(path), bytes_per_token=bpt, total_bytes=total,
                                               custom=name == "moe3")
                 del m
+            if workload == "moe" and fmt == "int3":
+                # interleaved-timing extras: the moe3 IR with f32 activation edges (for the f32-hint row) and the
+                # session-4 op set (MoE3 taking the graph's router logits, f32 edges = transform target "gpu")
+                for name, target, kw in (("moe3_f32act", "cpu", dict(activations="f32")), ("moe3_s4", "gpu", {})):
+                    m = openvino_ext.transform(model.clone(), target, **kw)
+                    path = workdir / f"moe_{name}.xml"
+                    ov.save_model(m, path, compress_to_fp16=False)
+                    meta[("extra", name)] = dict(path=str(path), bytes_per_token=per_tok, total_bytes=total, custom=True)
+                    del m
             print(f"  built {workload}/{fmt} in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
             del model
     return meta
@@ -321,8 +334,7 @@ def interleaved_child(spec: dict) -> dict:
     cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": spec["threads"], "NUM_STREAMS": 1}
     reqs = {n: core.compile_model(core.read_model(p), "CPU", cfg).create_infer_request()
             for n, p in spec["paths"].items()}
-    # informational: the same IRs with INFERENCE_PRECISION_HINT=f32 (the extension ops are f32, so under the default
-    # bf16 precision of AVX512-BF16 CPUs the plugin puts bf16<->f32 Reorders around each of them)
+    # informational: INT4 and MoE3 (the IR transformed with f32 activation edges) under INFERENCE_PRECISION_HINT=f32
     for n, p in spec.get("f32_paths", {}).items():
         reqs[n + "@f32"] = core.compile_model(core.read_model(p), "CPU",
                                              dict(cfg, INFERENCE_PRECISION_HINT="f32")).create_infer_request()
@@ -394,7 +406,7 @@ def main(argv=None):
         from openvino_ext.reference import K3_VERSION
 
         # IRs of another k3 layout / transformation version are rebuilt
-        cfg_key = [args.layers, args.experts, args.top_k, K3_VERSION, "fuse-v1"]
+        cfg_key = [args.layers, args.experts, args.top_k, K3_VERSION, "fuse-v2-router-bf16-extras"]
         old = json.loads(mfile.read_text()) if mfile.is_file() else None
         if old and old["cfg"] == cfg_key:
             meta = {tuple(k.split("/")): v for k, v in old["meta"].items()}
@@ -410,6 +422,8 @@ def main(argv=None):
         meta = {k: v for k, v in meta.items() if "/".join(k) in want}
     bw = bandwidth_child(args.threads)
     rows = {}
+    extra = {name: m["path"] for (workload, name), m in meta.items() if workload == "extra"}
+    meta = {k: v for k, v in meta.items() if k[0] != "extra"}
     for (workload, name), m in meta.items():
         runs = [("decode", 1, args.iters)]
         if workload == "moe":
@@ -422,7 +436,11 @@ def main(argv=None):
     inter = None
     if args.rounds:
         paths = {name: m["path"] for (workload, name), m in meta.items() if workload == "moe"}
-        f32_paths = {n: p for n, p in paths.items() if n in ("int4", "moe3")}
+        f32_paths = {n: p for n, p in paths.items() if n == "int4"}
+        if "moe3" in paths and "moe3_f32act" in extra:
+            f32_paths["moe3"] = extra["moe3_f32act"]  # under an f32 hint: the IR with f32 activation edges
+        if "moe3" in paths and "moe3_s4" in extra:
+            paths["moe3_s4"] = extra["moe3_s4"]  # session-4 graph (MoE3 + router outside, f32 edges)
         inter = run_child(dict(paths=paths, f32_paths=f32_paths, threads=args.threads, rounds=args.rounds,
                                iters=max(6, args.iters // args.rounds)))
         print(f"  interleaved moe decode: {inter}", file=sys.stderr, flush=True)
@@ -467,10 +485,13 @@ def main(argv=None):
         print(f"\nMoE-stack decode, all variants in one process, {args.rounds} alternating rounds (median ms/token): "
               + ", ".join(f"{n} {v * 1e3:.2f} ({v / inter['int4']:.2f}x int4)" for n, v in inter.items()))
         if "moe3@f32" in inter and "int4@f32" in inter:
-            print(f"  with INFERENCE_PRECISION_HINT=f32 for both (no bf16<->f32 Reorders around the extension ops): "
+            print(f"  with INFERENCE_PRECISION_HINT=f32 for both (MoE3: the IR with f32 activation edges): "
                   f"moe3@f32 / int4 = {inter['moe3@f32'] / inter['int4']:.2f}, "
                   f"moe3@f32 / int4@f32 = {inter['moe3@f32'] / inter['int4@f32']:.2f}, "
                   f"int3_stock / moe3@f32 = {inter.get('int3_stock', float('nan')) / inter['moe3@f32']:.1f}x")
+        if "moe3_s4" in inter and "moe3" in inter:
+            print(f"  moe3_s4 = the session-4 op set on the same IR (transform target 'gpu': MoE3 taking the graph's "
+                  f"router logits, f32 activation edges): moe3 / moe3_s4 = {inter['moe3'] / inter['moe3_s4']:.2f}")
     moe = {n: rows[("moe", n)][1] for n in ("int4", "int3_stock", "moe3") if ("moe", n) in rows}
     if "moe3" in moe:
         dec = {n: (inter[n] if inter and n in inter else moe[n]["decode"]) for n in moe}

@@ -66,6 +66,22 @@ Levels make_levels(const Table& T) {
     return L;
 }
 
+// make_levels for the table of a kernel call, memoized per thread (two entries: gate + up tables): every GEMV task
+// calls it, and the tables of one model are a handful of distinct ones
+Levels levels_of(const Table& T) {
+    thread_local Table key[2];
+    thread_local Levels val[2];
+    thread_local int n = 0, next = 0;
+    for (int i = 0; i < n; ++i)
+        if (std::memcmp(key[i].t, T.t, sizeof T.t) == 0) return val[i];
+    key[next] = T;
+    val[next] = make_levels(T);
+    const Levels& L = val[next];
+    next ^= 1;
+    n = n < 2 ? n + 1 : 2;
+    return L;
+}
+
 inline bool same_levels(const Levels& a, const Levels& b) {
     return a.alpha == b.alpha && a.off == b.off && std::memcmp(a.lut, b.lut, 8) == 0;
 }
@@ -623,13 +639,13 @@ void avx512_vnni_quantize(const float* x, int64_t ldx, int64_t M, int64_t K, int
 
 void avx512_vnni_gemv_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int M, int64_t n0,
                          int64_t n1, float* y, int64_t ldy) {
-    const Levels L = make_levels(T);
+    const Levels L = levels_of(T);
     gemv_pair(W, nullptr, L, tok_x(X, tok, M), M, n0, n1, y, nullptr, ldy);
 }
 
 void avx512_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, const Table& Tb, const QAct& X,
                           const int32_t* tok, int M, int64_t n0, int64_t n1, float* ya, float* yb, int64_t ldy) {
-    const Levels La = make_levels(Ta), Lb = make_levels(Tb);
+    const Levels La = levels_of(Ta), Lb = levels_of(Tb);
     const TokX tx = tok_x(X, tok, M);
     if (!same_levels(La, Lb) || Wa.Kb != Wb.Kb || Wa.G != Wb.G) {
         gemv_pair(Wa, nullptr, La, tx, M, n0, n1, ya, nullptr, ldy);
@@ -641,7 +657,7 @@ void avx512_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, c
 
 void avx512_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
                          int64_t n1, float* y, int64_t ldy) {
-    const Levels L = make_levels(T);
+    const Levels L = levels_of(T);
     const Unpack U(L);
     const int64_t ksteps = W.Kb * 8, ksg = W.bpg * 8;
     // thread-local buffers: unpacked tile (64 rows x Kp bytes), per-row group factors, one output micro-tile
@@ -782,7 +798,7 @@ struct AmxEmu {  // TDPBSUD: C[m][n] += sum_{k < colsb(A)/4} sum_{i < 4} int8(A[
 template <class TO>
 void amx_gemm(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0, int64_t n1,
               float* y, int64_t ldy) {
-    const Levels L = make_levels(T);
+    const Levels L = levels_of(T);
     const Unpack U(L);
     const int64_t ksteps = W.Kb * 8, Kp = W.Kb * BLOCK, chunks_per_group = W.bpg / 2;
     constexpr int64_t MCH = 256;  // tokens gathered per chunk
