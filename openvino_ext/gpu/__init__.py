@@ -7,6 +7,10 @@
 The kernels read the k3 weight layout version 2 (``uint8[.., N, 2*ceil(K/64), 12]``, 64-value super-blocks; see
 ``openvino_ext/reference.py`` and the top of ``k3_common.cl``); other ``k3_version`` values fail the kernel build.
 
+Models for the GPU come from ``openvino_ext.transform(model, "gpu")`` (MoE3 taking the graph's router logits, MatMul3,
+f32 activations). ``transform(model, "cpu")`` emits ``MoE3R`` (router inside the op) and bf16 activation edges, which
+these kernels do not implement: the GPU plugin refuses such an IR (no silent misreading of the router weight).
+
 Not yet run on an Intel GPU (or any GPU): validated on PoCL's CPU device only.
 """
 
