@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if not args.skip_export:
         print(f"exporting {args.model} (stateful) -> {args.mode} g{args.group_size} -> {out}", flush=True)
+        # exact (f32) pipelines: f32 activation edges; the plugin's defaults: bf16 edges where it runs bf16
         info = genai.prepare(args.model, out, mode=args.mode, group_size=args.group_size, baseline=args.baseline,
-                             progress=False)
+                             activations=None if args.default_config else "f32", progress=False)
         secs = ", ".join(f"{k} {v:.1f} s" for k, v in info["seconds"].items())
         print(f"  native ops: {dict(info['native_ops'])}; {secs}")
         if not info["native_ops"]:

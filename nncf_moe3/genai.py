@@ -91,6 +91,7 @@ def prepare(
     group_size: int = 64,
     baseline: str = "plain",
     tokenizer: bool = True,
+    activations: str | None = None,
     **compress_kwargs,
 ) -> dict:
     """Export ``model_or_path`` stateful, compress it to 3 bits and write the native and baseline genai folders.
@@ -104,10 +105,13 @@ def prepare(
         baseline: ``"plain"`` (compressed IR as is: stock decompression) or ``"widen"`` (u3 -> u4,
             ``openvino_ext.transform(model, "widen")``).
         tokenizer: convert the checkpoint's tokenizer with openvino-tokenizers.
+        activations: the native ops' activation type (``openvino_ext.transform``): ``"f32"`` for pipelines run
+            with :data:`EXACT_CONFIG` (f32 inference), ``"bf16"``, or None = bf16 where the CPU plugin runs bf16 by
+            default (the plugin's default configuration).
 
     Returns:
         ``{"native": Path, "baseline": Path, "native_ops": Counter, "tokenizer_error": str | None,
-        "seconds": {...}}``; ``native_ops`` counts MoE3 / MatMul3 nodes (empty means nothing was rewritten).
+        "seconds": {...}}``; ``native_ops`` counts MoE3 / MoE3R / MatMul3 nodes (empty means nothing was rewritten).
     """
     import nncf_moe3
     import openvino_ext
@@ -141,7 +145,7 @@ def prepare(
     t0 = time.perf_counter()
     core = ov.Core()
     openvino_ext.register(core, "CPU")
-    native = openvino_ext.transform(core.read_model(str(plain_xml)), "cpu")
+    native = openvino_ext.transform(core.read_model(str(plain_xml)), "cpu", activations=activations)
     ops = native_op_counts(native)
     ov.save_model(native, out_dir / "openvino_model.xml", compress_to_fp16=False)
     del native

@@ -37,7 +37,7 @@ def genai_dirs(tmp_path_factory):
     from nncf_moe3 import genai
 
     info = genai.prepare(reference.checkpoint_dir(), tmp_path_factory.mktemp("genai"), mode="int3_asym",
-                         group_size=64, progress=False)
+                         group_size=64, activations="f32", progress=False)  # pipelines run EXACT_CONFIG (f32)
     assert info["tokenizer_error"] is None, info["tokenizer_error"]
     return info
 
