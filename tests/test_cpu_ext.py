@@ -374,12 +374,6 @@ MOE_RANDOM = [  # (tokens, experts, hidden, inter, group_size, top_k, normalize,
     (128, 8, 128, 320, 32, 2, False, "int3_asym"),
     (33, 5, 384, 128, 128, 3, True, "int3_sym"),
     (7, 3, 128, 64, 64, 3, False, "nf3"),  # every expert selected by every token
-    # one token: the down projection summed over experts in one pass (gemv_sum_q8) ...
-    (1, 16, 256, 256, 128, 8, True, "nf3"),
-    (1, 12, 384, 128, 128, 4, False, "int3_asym"),
-    # ... and the cases it declines: row chunks not a multiple of 4 (H = 98), more than 16 selected experts
-    (1, 5, 98, 98, 98, 2, True, "int3_sym"),
-    (1, 20, 128, 64, 32, 17, True, "int3_sym"),
 ]
 
 

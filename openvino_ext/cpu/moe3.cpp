@@ -137,10 +137,6 @@ extern "C" __attribute__((visibility("default"))) int64_t nncf_moe3_profile(doub
     return calls;
 }
 
-#ifndef NNCF_MOE3_SUM_DOWN  // compile-time switch for A/B builds (examples/ab_builds.py)
-#define NNCF_MOE3_SUM_DOWN 1
-#endif
-
 namespace nncf_moe3 {
 namespace {
 
@@ -361,22 +357,8 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         else
             parallel_for(A, quantize_act);
         clk.lap(3);
-        // one token (decode): each task sums all experts' down rows with their routing weights in one kernel pass
-        // (Kernels::gemv_sum_q8); otherwise (or where it declines) per expert, then added with the routing weight
-        constexpr int SUM_MAX_A = 16;
-        Weight wd_a[SUM_MAX_A];
-        QAct qa_a[SUM_MAX_A];
-        float w_a[SUM_MAX_A];
-        const bool sum_down = NNCF_MOE3_SUM_DOWN && T == 1 && Kn.gemv_sum_q8 && A <= SUM_MAX_A;
-        if (sum_down)
-            for (int64_t a = 0; a < A; ++a) {
-                wd_a[a] = wd.slice(active[a]);
-                qa_a[a] = qa[a].view();
-                w_a[a] = wts[active[a]][0];
-            }
         parallel_for(nch2, [&](int64_t c) {
             const int64_t n0 = c * rc2, n1 = std::min(H, n0 + rc2), nr = n1 - n0;
-            if (sum_down && Kn.gemv_sum_q8(wd_a, Td, qa_a, w_a, (int)A, n0, n1, out + n0)) return;
             thread_local std::vector<float> d;
             for (int64_t a = 0; a < A; ++a) {
                 const int64_t e = active[a];

@@ -221,7 +221,7 @@ void swiglu(const float* g, const float* u, int64_t n, float* out) {
 
 }  // namespace
 
-const Kernels avx512_kernels = {"avx512", gemv, dequant, gemm, sum, swiglu, nullptr, nullptr, nullptr, nullptr, nullptr};
+const Kernels avx512_kernels = {"avx512", gemv, dequant, gemm, sum, swiglu, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace k3
 }  // namespace nncf_moe3

@@ -424,62 +424,6 @@ void gemv_m(const Weight& Wa, const Weight* Wb, const Levels& L, const TokX& X, 
     }
 }
 
-// ---- decode down projection of a MoE block, one token: y[r - n0] = sum_a wts[a] * (W_a row r . X_a), the experts'
-// rows interleaved 4 at a time so that each row gets ONE horizontal sum (instead of one per expert) and no
-// per-expert partial results are stored and re-added; each expert's codes are still one sequential stream
-// (prefetched ahead inside row1).
-constexpr int SUM_MAX_A = 16;
-struct Rep1 {  // an expert's activation factors over 4 rows' groups, dx scaled by its routing weight
-    alignas(64) float dx[REP];
-    alignas(64) float sum[REP];
-};
-
-template <bool LUT, int BPG>
-void gemv_sum_rows(const Weight* Ws, const Levels& L, const QAct* Xs, const Rep1* rep, int A, int64_t n0, int64_t n1,
-                   float* y, const Unpack& U) {
-    const int64_t G = Ws[0].G, len = 4 * G;
-    alignas(64) float f[REP], c[REP];
-    for (int64_t n = n0; n < n1; n += 4) {
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        for (int a = 0; a < A; ++a) {
-            const Weight& W = Ws[a];
-            prefetch_factors(W, n + 8, n1);
-            for (int64_t i = 0; i < len; i += 16) {  // block_factors with the routing weight folded into dx
-                const int rem = len - i < 16 ? (int)(len - i) : 16;
-                const __mmask16 k = (__mmask16)((1u << rem) - 1u);
-                __m512 sv, zo;
-                group_factors(W, L, n * G + i, k, sv, zo);
-                const __m512 fm = _mm512_mul_ps(sv, _mm512_load_ps(rep[a].dx + i));
-                _mm512_mask_storeu_ps(f + i, k, fm);
-                _mm512_mask_storeu_ps(c + i, k, _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_load_ps(rep[a].sum + i)));
-            }
-            const TokX X = tok_x(Xs[a], nullptr, 1);
-            __m512 t;
-            row1<1, LUT, BPG>(W, n, f, c, len, X, &t, U);
-            acc0 = _mm512_add_ps(acc0, t);
-            row1<1, LUT, BPG>(W, n + 1, f + G, c + G, len, X, &t, U);
-            acc1 = _mm512_add_ps(acc1, t);
-            row1<1, LUT, BPG>(W, n + 2, f + 2 * G, c + 2 * G, len, X, &t, U);
-            acc2 = _mm512_add_ps(acc2, t);
-            row1<1, LUT, BPG>(W, n + 3, f + 3 * G, c + 3 * G, len, X, &t, U);
-            acc3 = _mm512_add_ps(acc3, t);
-        }
-        reduce4(acc0, acc1, acc2, acc3, y + (n - n0));
-    }
-}
-
-template <bool LUT>
-void gemv_sum_any(const Weight* Ws, const Levels& L, const QAct* Xs, const Rep1* rep, int A, int64_t n0, int64_t n1,
-                  float* y) {
-    const Unpack U(L);
-    if (Ws[0].bpg == 4)
-        gemv_sum_rows<LUT, 4>(Ws, L, Xs, rep, A, n0, n1, y, U);
-    else if (Ws[0].bpg == 2)
-        gemv_sum_rows<LUT, 2>(Ws, L, Xs, rep, A, n0, n1, y, U);
-    else
-        gemv_sum_rows<LUT, 0>(Ws, L, Xs, rep, A, n0, n1, y, U);
-}
-
 template <bool LUT>
 void gemv_any(const Weight& Wa, const Weight* Wb, const Levels& L, const TokX& X, int M, int64_t n0, int64_t n1,
               float* ya, float* yb, int64_t ldy) {
@@ -709,26 +653,6 @@ void avx512_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, c
         return;
     }
     gemv_pair(Wa, &Wb, La, tx, M, n0, n1, ya, yb, ldy);
-}
-
-bool avx512_vnni_gemv_sum_q8(const Weight* W, const Table& T, const QAct* X, const float* wts, int A, int64_t n0,
-                             int64_t n1, float* y) {
-    if (A < 1 || A > SUM_MAX_A || 4 * W[0].G > REP || (n1 - n0) % 4) return false;
-    for (int a = 1; a < A; ++a)
-        if (W[a].Kb != W[0].Kb || W[a].G != W[0].G || W[a].bpg != W[0].bpg || (W[a].z == nullptr) != (W[0].z == nullptr))
-            return false;
-    const Levels L = levels_of(T);
-    thread_local Rep1 rep[SUM_MAX_A];
-    for (int a = 0; a < A; ++a)
-        for (int64_t i = 0; i < 4 * W[0].G; ++i) {
-            rep[a].dx[i] = X[a].dx[i % W[0].G] * wts[a];
-            rep[a].sum[i] = X[a].sum[i % W[0].G];
-        }
-    if (L.ident)
-        gemv_sum_any<false>(W, L, X, rep, A, n0, n1, y);
-    else
-        gemv_sum_any<true>(W, L, X, rep, A, n0, n1, y);
-    return true;
 }
 
 void avx512_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,

@@ -56,7 +56,6 @@ static Kernels make_vnni() {
     k.gemv_q8 = avx512_vnni_gemv_q8;
     k.gemv2_q8 = avx512_vnni_gemv2_q8;
     k.gemm_q8 = avx512_vnni_gemm_q8;
-    k.gemv_sum_q8 = avx512_vnni_gemv_sum_q8;
     return k;
 }
 

@@ -85,11 +85,6 @@ struct Kernels {
     // prefill GEMM, any M >= 1: each weight tile is unpacked once per call (per 256 tokens) and reused by all tokens
     void (*gemm_q8)(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
                     int64_t n1, float* y, int64_t ldy);
-    // MoE decode, one token: y[r - n0] = sum_a wts[a] * (W[a] row r . X[a]) for r in [n0, n1) (overwrites y); the A
-    // experts share shape, group size, zero-point kind and table T. Returns false (nothing written) for cases it does
-    // not cover: A > 16, more than 64 groups per row, (n1 - n0) not a multiple of 4.
-    bool (*gemv_sum_q8)(const Weight* W, const Table& T, const QAct* X, const float* wts, int A, int64_t n0,
-                        int64_t n1, float* y);
 };
 
 constexpr int64_t Q8_MAX_G = 1024;  // groups per row the int8 kernels handle (K <= 32768 at group size 32)
@@ -103,8 +98,6 @@ void avx512_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, c
                           const int32_t* tok, int M, int64_t n0, int64_t n1, float* ya, float* yb, int64_t ldy);
 void avx512_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
                          int64_t n1, float* y, int64_t ldy);
-bool avx512_vnni_gemv_sum_q8(const Weight* W, const Table& T, const QAct* X, const float* wts, int A, int64_t n0,
-                             int64_t n1, float* y);
 void avx512_amx_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
                         int64_t n1, float* y, int64_t ldy);
 // the same tiling with a scalar emulation of the tile instructions (tests on CPUs without AMX)

@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
     }
     Act xh = act(H, gs), x4 = act(O_K, gs), xi = act(I, gs);
     std::vector<float> y(8192), y2(8192);
-    double t[5] = {0, 0, 0, 0, 0}, b[5] = {0, 0, 0, 0, 0};
+    double t[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
     using clk = std::chrono::steady_clock;
     const auto sec = [](clk::time_point a, clk::time_point z) { return std::chrono::duration<double>(z - a).count(); };
     for (int r = -1; r < steps; ++r)  // r = -1 warms up
@@ -140,27 +140,12 @@ int main(int argc, char** argv) {
                     avx512_vnni_gemv_q8(down[l * E + (k * 2 + r + 1) % E].W, tab, xi.v, nullptr, 1, a, z, y.data() + a, 0);
             });
             const auto t4 = clk::now();
-            // the same down projection as MoE3 runs it for one token since session 5: all selected experts summed
-            // with their routing weights in one pass (gemv_sum_q8); the other 8 experts, so that neither pass reads
-            // what the other left in the L3
-            par(H, [&](int64_t a, int64_t z) {
-                Weight ws[TOPK];
-                QAct xs[TOPK];
-                float w[TOPK];
-                for (int k = 0; k < TOPK; ++k) {
-                    ws[k] = down[l * E + (k * 2 + r + 2) % E].W;
-                    xs[k] = xi.v;
-                    w[k] = 0.125f;
-                }
-                avx512_vnni_gemv_sum_q8(ws, tab, xs, w, TOPK, a, z, y.data() + a);
-            });
-            const auto t5 = clk::now();
             if (r < 0) continue;
-            t[0] += sec(t0, t1), t[1] += sec(t1, t2), t[2] += sec(t2, t3), t[3] += sec(t3, t4), t[4] += sec(t4, t5);
+            t[0] += sec(t0, t1), t[1] += sec(t1, t2), t[2] += sec(t2, t3), t[3] += sec(t3, t4);
             b[0] += bytes(qkv[l].W, QKV), b[1] += bytes(o[l].W, H), b[2] += 2 * TOPK * bytes(gate[0].W, I),
-                b[3] += TOPK * bytes(down[0].W, H), b[4] += TOPK * bytes(down[0].W, H);
+                b[3] += TOPK * bytes(down[0].W, H);
         }
-    const char* names[5] = {"qkv", "o", "gate+up", "down", "down-sum"};
+    const char* names[4] = {"qkv", "o", "gate+up", "down"};
     double tt = 0, bt = 0;
     std::printf("threads %d, %d decode steps (8 layers each), codes in %s pages:\n", T, steps, g_huge ? "2 MB" : "4 KB");
     for (int i = 0; i < 4; ++i) {
@@ -169,7 +154,5 @@ int main(int argc, char** argv) {
     }
     std::printf("  %-8s %7.3f ms/step  %5.1f GB/s  (%.1f MB per step)\n", "total", tt / steps * 1e3, bt / tt / 1e9,
                 bt / steps / 1e6);
-    std::printf("  %-8s %7.3f ms/step  %5.1f GB/s  (summed over experts in one pass, not in the total)\n", names[4],
-                t[4] / steps * 1e3, b[4] / t[4] / 1e9);
     return 0;
 }
