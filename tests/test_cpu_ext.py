@@ -374,6 +374,10 @@ MOE_RANDOM = [  # (tokens, experts, hidden, inter, group_size, top_k, normalize,
     (128, 8, 128, 320, 32, 2, False, "int3_asym"),
     (33, 5, 384, 128, 128, 3, True, "int3_sym"),
     (7, 3, 128, 64, 64, 3, False, "nf3"),  # every expert selected by every token
+    (1, 16, 256, 256, 128, 8, True, "nf3"),  # one token (decode), group 128
+    (1, 12, 384, 128, 128, 4, False, "int3_asym"),
+    (1, 5, 98, 98, 98, 2, True, "int3_sym"),  # per-channel groups, H not a multiple of 32
+    (1, 20, 128, 64, 32, 17, True, "int3_sym"),  # more than 16 experts selected
 ]
 
 
@@ -402,6 +406,7 @@ MOE3R_CASES = [  # (tokens, experts, hidden, inter, group_size, top_k, normalize
     (3, 5, 100, 100, 100, 2, False, "int3_asym"),  # H % 16 != 0 (per-channel groups): zero-padded router GEMM
     (33, 8, 128, 64, 32, 2, True, "nf3"),  # prefill: router GEMM over token chunks in parallel
     (128, 16, 256, 128, 128, 8, True, "int3_asym"),
+    (2, 64, 1024, 128, 128, 8, True, "int3_sym"),  # decode with a large router (E x H >= 64K): expert chunks
 ]
 
 

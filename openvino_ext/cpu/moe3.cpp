@@ -247,8 +247,15 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         const float* x0 = static_cast<const float*>(inputs[0].data());
         sc.logits.resize(T * E);
         float* lg = sc.logits.data();
-        if (H % 16 == 0 && T <= 8) {  // the f32 GEMM kernel reads K in steps of 16
+        if (H % 16 == 0 && T <= 8 && E * H < 65536) {  // the f32 GEMM kernel reads K in steps of 16
             Kr.gemm(x0, H, T, logits, H, (int)E, H, lg, E);
+        } else if (H % 16 == 0 && T <= 8) {  // decode, large router (Qwen3-30B: 128 x 2048 f32 = 1 MB): expert chunks
+            const float* wr = logits;
+            const int64_t ec = 16, nec = (E + ec - 1) / ec;
+            parallel_for(nec, [&](int64_t c) {  // each task writes logits e0 .. e0 + ne of every token
+                const int64_t e0 = c * ec, ne = std::min<int64_t>(ec, E - e0);
+                Kr.gemm(x0, H, T, wr + e0 * H, H, (int)ne, H, lg + e0, E);
+            });
         } else if (H % 16 == 0) {  // prefill: token chunks in parallel
             const float* wr = logits;
             parallel_for((T + 11) / 12, [&](int64_t c) {

@@ -1,0 +1,44 @@
+"""MoE3R (router MatMul inside the op) vs MoE3 fed by a stock f32 MatMul router, one Qwen3-30B-A3B-sized MoE block
+(128 experts, hidden 2048, expert intermediate 768, top-8, random int3_sym g128 codes), batch-1 decode, 2 threads,
+alternating calls in one process. Prints the median time per call and the op's "route" phase (softmax / top-k and,
+for MoE3R, the router GEMM: 1 MB of f32 weights per layer, split over the threads in 16-expert chunks).
+
+    python examples/router_cost.py
+"""
+import ctypes, numpy as np, openvino as ov, openvino_ext, time
+from openvino import opset13 as ops
+from openvino.utils.node_factory import NodeFactory
+from openvino_ext import reference as R
+core = ov.Core(); openvino_ext.register(core)
+lib = ctypes.CDLL(str(openvino_ext.library_path())); lib.nncf_moe3_profile.restype = ctypes.c_int64
+lib.nncf_moe3_profile.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_int]
+f = NodeFactory(); f.add_extension(str(openvino_ext.library_path()))
+rng = np.random.default_rng(0)
+E, H, I, gs, k = 128, 2048, 768, 128, 8
+def case(n, kk):  # small random codes (speed only)
+    return R.random_case(rng, n, kk, gs, "int3_sym", lead=(E,))
+g, u, d = case(I, H), case(I, H), case(H, I)
+ws = [g[0], g[1], g[2], u[0], u[1], u[2], d[0], d[1], d[2], g[3]]
+x = ops.parameter([-1, H], np.float32)
+wr = (rng.standard_normal((E, H)) / 45).astype(np.float32)
+models = {}
+n = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [wr] + ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3R"] = ov.Model([n.output(0)], [x])
+lg = ops.matmul(x, ops.constant(wr), False, True)
+n2 = f.create("MoE3", [x.output(0), lg.output(0)] + [ops.constant(a).output(0) for a in ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3 + f32 MatMul router"] = ov.Model([n2.output(0)], [x])
+cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
+reqs = {kx: core.compile_model(m, "CPU", cfg).create_infer_request() for kx, m in models.items()}
+lib.nncf_moe3_profile(None, 1, 1)
+for r in reqs.values():
+    for _ in range(5): r.infer([rng.standard_normal((1, H)).astype(np.float32)])
+times = {kx: [] for kx in reqs}; route = {kx: [] for kx in reqs}
+t6 = (ctypes.c_double * 6)()
+for rnd in range(60):
+    for kx, r in reqs.items():
+        xv = rng.standard_normal((1, H)).astype(np.float32)
+        lib.nncf_moe3_profile(None, 1, 1)
+        t = time.perf_counter(); r.infer([xv]); times[kx].append(time.perf_counter() - t)
+        lib.nncf_moe3_profile(t6, 1, 0); route[kx].append(t6[0])
+for kx in reqs:
+    print(f"{kx:28s} per call median {np.median(times[kx])*1e3:.3f} ms, route (incl. router GEMM) {np.median(route[kx])*1e6:.1f} us")
