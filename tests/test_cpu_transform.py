@@ -292,6 +292,32 @@ def test_bf16_activations_no_reorders_around_ops(core, compressed):
     assert reorders_next_to_ops(openvino_ext.transform(q.clone(), "cpu", activations="f32")) >= 4 * LAYERS
 
 
+def test_bf16_activations_ir_roundtrip(core, compressed, tmp_path):
+    """IRs transformed with bf16 / f32 activation edges save and read back (Converts, bf16-typed ops); read back,
+    they give the same logits bit for bit under the default (bf16) hint, and the bf16 one matches its in-memory
+    model under the f32 hint. (In-memory vs read-back under the default hint is not compared: the CPU plugin treats
+    the two differently even for a plain compressed IR without extension ops -- measured 1.4e-2 relative.)"""
+    import openvino_ext
+
+    q = compressed[("qwen2_moe", "int3_asym")]
+    backs = {}
+    for act in ("bf16", "f32"):
+        t = openvino_ext.transform(q.clone(), "cpu", activations=act)
+        ov.save_model(t, tmp_path / f"{act}.xml", compress_to_fp16=False)
+        backs[act] = core.read_model(tmp_path / f"{act}.xml")
+        assert _count(backs[act])["MoE3R"] == LAYERS
+        want = ov.Type.bf16 if act == "bf16" else ov.Type.f32
+        assert all(n.get_output_element_type(0) == want for n in backs[act].get_ordered_ops()
+                   if n.get_type_name() in ("MoE3R", "MatMul3"))
+    ids = _ids(4)
+    in_memory = openvino_ext.transform(q.clone(), "cpu", activations="bf16")
+    np.testing.assert_array_equal(core.compile_model(backs["bf16"], "CPU", F32)(ids)[0],
+                                  core.compile_model(in_memory, "CPU", F32)(ids)[0])
+    _needs_bf16_default()
+    np.testing.assert_array_equal(core.compile_model(backs["bf16"], "CPU")(ids)[0],
+                                  core.compile_model(backs["f32"], "CPU")(ids)[0])
+
+
 def test_bad_activations(compressed):
     import openvino_ext
 
