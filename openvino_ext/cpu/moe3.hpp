@@ -1,6 +1,6 @@
 // MoE3: routed SwiGLU experts of one MoE block with k3 weights (softmax -> top-k -> [renormalise] routing from
-// router logits). MoE3R: the same block with the router MatMul inside (input 1 is the router weight [E, H], f32 or
-// f16, instead of the logits [T, E]). Inputs/attributes: openvino_ext/reference.py.
+// router logits). MoE3R: the same block with the router MatMul inside (input 1 is the router weight [E, H], f32,
+// instead of the logits [T, E]). Inputs/attributes: openvino_ext/reference.py.
 #pragma once
 #include <openvino/op/op.hpp>
 

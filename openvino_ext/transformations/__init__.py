@@ -197,12 +197,8 @@ def _match_moe(reduce_sum, layout):
     logits, k, normalize = _match_router(r_node)
     if logits.get_partial_shape()[1].is_static and logits.get_partial_shape()[1].get_length() != e:
         raise Unsupported("router logits width != expert count")
-    try:
-        router, router_why = _router_weight(logits, x, e, h, layout), None
-    except Unsupported as why:
-        router, router_why = None, str(why)
     return dict(x=x, logits=logits, wg=wg, wu=wu, wd=wd, top_k=k, normalize=normalize, group_size=gs,
-                root=reduce_sum, name=down.get_friendly_name(), router=router, router_why=router_why)
+                root=reduce_sum, name=down.get_friendly_name(), e=e, h=h)
 
 
 _FOLD_MAX_DEPTH = 8
@@ -276,10 +272,13 @@ def _rewrite_moe(model, factory, layout, stats, fuse_router: bool = True):
             continue
         if m is None:
             continue
-        router = m["router"] if fuse_router else None
-        if fuse_router and router is None:
-            logger.info("MoE block at %s: router stays outside (MoE3 takes its logits): %s",
-                        node.get_friendly_name(), m["router_why"])
+        router = None
+        if fuse_router:
+            try:
+                router = _router_weight(m["logits"], m["x"], m["e"], m["h"], layout)
+            except Unsupported as why:
+                logger.info("MoE block at %s: router stays outside (MoE3 takes its logits): %s",
+                            node.get_friendly_name(), why)
         ops_in = [m["x"], _consts((router,))[0] if router is not None else m["logits"]]
         for w in (m["wg"], m["wu"], m["wd"]):
             wk, s, z, _ = w.kernel_operands()
