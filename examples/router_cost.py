@@ -1,6 +1,7 @@
 """MoE3R (router MatMul inside the op) vs MoE3 fed by a stock f32 MatMul router, one Qwen3-30B-A3B-sized MoE block
 (128 experts, hidden 2048, expert intermediate 768, top-8, random int3_sym g128 codes), batch-1 decode, 2 threads,
-alternating calls in one process. Prints the median time per call and the op's "route" phase (softmax / top-k and,
+alternating calls in one process; also MoE3 behind the router in nncf-moe3's default storage (INT8_ASYM per row,
+stock decompression MatMul). Prints the median time per call and the op's "route" phase (softmax / top-k and,
 for MoE3R, the router GEMM: 1 MB of f32 weights per layer, split over the threads in 16-expert chunks).
 
     python examples/router_cost.py
@@ -27,6 +28,16 @@ models["MoE3R"] = ov.Model([n.output(0)], [x])
 lg = ops.matmul(x, ops.constant(wr), False, True)
 n2 = f.create("MoE3", [x.output(0), lg.output(0)] + [ops.constant(a).output(0) for a in ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
 models["MoE3 + f32 MatMul router"] = ov.Model([n2.output(0)], [x])
+# the router as nncf-moe3 stores it by default: INT8_ASYM per row (u8 codes, u8 zero point, f16 scale)
+lo, hi = wr.min(axis=1, keepdims=True), wr.max(axis=1, keepdims=True)
+sc = ((hi - lo) / 255).astype(np.float16)
+zp = np.clip(np.round(-lo / sc.astype(np.float32)), 0, 255).astype(np.uint8)
+q8 = np.clip(np.round(wr / sc.astype(np.float32)) + zp, 0, 255).astype(np.uint8)
+w8 = ops.multiply(ops.subtract(ops.convert(ops.constant(q8), ov.Type.f16), ops.convert(ops.constant(zp), ov.Type.f16)),
+                  ops.constant(sc))
+lg8 = ops.matmul(x, ops.convert(w8, ov.Type.f32), False, True)
+n3 = f.create("MoE3", [x.output(0), lg8.output(0)] + [ops.constant(a).output(0) for a in ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3 + INT8 MatMul router"] = ov.Model([n3.output(0)], [x])
 cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
 reqs = {kx: core.compile_model(m, "CPU", cfg).create_infer_request() for kx, m in models.items()}
 lib.nncf_moe3_profile(None, 1, 1)
