@@ -313,6 +313,9 @@ def test_bad_operands_rejected(ext):
         factory.create("MatMul3", [p.output(0)] + _consts((w[..., :8], s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
     with pytest.raises(Exception, match="codebook"):
         factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c[:4])), {"group_size": 32, "k3_version": K3_VERSION})
+    p16 = ops.parameter([-1, 64], np.float16)  # activations: f32 or bf16 only
+    with pytest.raises(Exception, match="X must be f32 or bf16"):
+        factory.create("MatMul3", [p16.output(0)] + _consts((w, s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
 
 
 @pytest.mark.parametrize("attrs", [{"group_size": 32}, {"group_size": 32, "k3_version": 1}])
@@ -443,6 +446,15 @@ def _bf16_io(ext, make, inputs):
     return core.compile_model(m, "CPU", F32)(inputs[0])[0]
 
 
+def _check_bf16(y, ref, isa):
+    """y really holds bf16 values and matches the reference rounded to bf16 (exact kernels: within bf16 rounding)."""
+    assert np.array_equal(y, _bf16(y))
+    if isa in QUANT_ISAS:
+        _check(y, _bf16(ref), isa)
+    else:
+        np.testing.assert_allclose(y, _bf16(ref), rtol=0, atol=8e-3 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("t", [1, 3, 40])
 def test_bf16_activations(ext, isa, t):
     """X / Y in bf16 (transform(activations="bf16")): the ops compute in f32 on the widened input and round the
@@ -453,28 +465,13 @@ def test_bf16_activations(ext, isa, t):
     w, s, z, c = R.random_case(rng, n, h, gs, "int3_asym")
     y = _bf16_io(ext, lambda f, xb: f.create("MatMul3", [xb] + _consts((w, s, z, c)),
                                             {"group_size": gs, "k3_version": K3_VERSION}), [x])
-    ref = R.matmul3_ref(x, w, s, z, c, gs)
-    assert np.array_equal(y, _bf16(y))  # really bf16 values
-    _check(y, _bf16(ref), isa) if isa in QUANT_ISAS else np.testing.assert_allclose(y, _bf16(ref), rtol=0,
-                                                                                    atol=8e-3 * np.abs(ref).max())
+    _check_bf16(y, R.matmul3_ref(x, w, s, z, c, gs), isa)
     weights = _moe_case(rng, e, h, inter, gs, "nf3")
     wr = (rng.standard_normal((e, h)) / np.sqrt(h)).astype(np.float32)
     y = _bf16_io(ext, lambda f, xb: f.create("MoE3R", [xb] + _consts([wr] + weights),
                                             {"top_k": 2, "normalize_topk": True, "group_size": gs,
                                              "k3_version": K3_VERSION}), [x])
-    ref = R.moe3r_ref(x, wr, *weights, top_k=2, normalize_topk=True, group_size=gs)
-    assert np.array_equal(y, _bf16(y))
-    _check(y, _bf16(ref), isa) if isa in QUANT_ISAS else np.testing.assert_allclose(y, _bf16(ref), rtol=0,
-                                                                                    atol=8e-3 * np.abs(ref).max())
-
-
-def test_act_type_rejected(ext):
-    factory, _ = ext
-    rng = np.random.default_rng(6)
-    w, s, z, c = R.random_case(rng, 8, 64, 32, "int3_sym")
-    p = ops.parameter([-1, 64], np.float16)
-    with pytest.raises(Exception, match="X must be f32 or bf16"):
-        factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": 32, "k3_version": K3_VERSION})
+    _check_bf16(y, R.moe3r_ref(x, wr, *weights, top_k=2, normalize_topk=True, group_size=gs), isa)
 
 
 def test_moe3r_bad_operands_rejected(ext):
