@@ -1,7 +1,7 @@
 """MoE3R (router MatMul inside the op) vs MoE3 fed by a stock f32 MatMul router, one Qwen3-30B-A3B-sized MoE block
 (128 experts, hidden 2048, expert intermediate 768, top-8, random int3_sym g128 codes), batch-1 decode, 2 threads,
-alternating calls in one process; also MoE3 behind the router in nncf-moe3's default storage (INT8_ASYM per row,
-stock decompression MatMul). Prints the median time per call and the op's "route" phase (softmax / top-k and,
+alternating calls in one process; the router as f32 and in nncf-moe3's default storage (INT8_ASYM per row: MoE3R
+keeps it u8; for MoE3 a stock decompression MatMul). Prints the median time per call and the op's "route" phase (softmax / top-k and,
 for MoE3R, the router GEMM: 1 MB of f32 weights per layer, split over the threads in 16-expert chunks).
 
     python examples/router_cost.py
@@ -22,17 +22,20 @@ g, u, d = case(I, H), case(I, H), case(H, I)
 ws = [g[0], g[1], g[2], u[0], u[1], u[2], d[0], d[1], d[2], g[3]]
 x = ops.parameter([-1, H], np.float32)
 wr = (rng.standard_normal((E, H)) / 45).astype(np.float32)
-models = {}
-n = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [wr] + ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
-models["MoE3R"] = ov.Model([n.output(0)], [x])
-lg = ops.matmul(x, ops.constant(wr), False, True)
-n2 = f.create("MoE3", [x.output(0), lg.output(0)] + [ops.constant(a).output(0) for a in ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
-models["MoE3 + f32 MatMul router"] = ov.Model([n2.output(0)], [x])
 # the router as nncf-moe3 stores it by default: INT8_ASYM per row (u8 codes, u8 zero point, f16 scale)
 lo, hi = wr.min(axis=1, keepdims=True), wr.max(axis=1, keepdims=True)
 sc = ((hi - lo) / 255).astype(np.float16)
 zp = np.clip(np.round(-lo / sc.astype(np.float32)), 0, 255).astype(np.uint8)
 q8 = np.clip(np.round(wr / sc.astype(np.float32)) + zp, 0, 255).astype(np.uint8)
+models = {}
+n8 = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [q8] + ws + [sc.astype(np.float32).ravel(),
+              zp.astype(np.float32).ravel()]], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3R, INT8 router (u8)"] = ov.Model([n8.output(0)], [x])
+n = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [wr] + ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3R, f32 router"] = ov.Model([n.output(0)], [x])
+lg = ops.matmul(x, ops.constant(wr), False, True)
+n2 = f.create("MoE3", [x.output(0), lg.output(0)] + [ops.constant(a).output(0) for a in ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3 + f32 MatMul router"] = ov.Model([n2.output(0)], [x])
 w8 = ops.multiply(ops.subtract(ops.convert(ops.constant(q8), ov.Type.f16), ops.convert(ops.constant(zp), ov.Type.f16)),
                   ops.constant(sc))
 lg8 = ops.matmul(x, ops.convert(w8, ov.Type.f32), False, True)

@@ -47,10 +47,13 @@ MoE3 (opset "nncf_moe3"): routed experts of one MoE block, SwiGLU experts::
 A shared expert (Qwen2-MoE) stays outside MoE3 (its 2-D weights become MatMul3 ops).
 
 MoE3R (opset "nncf_moe3"): MoE3 with the router MatMul inside -- input 1 is the router weight
-``W_r f32 [E, H]`` and ``router_logits = X @ W_r^T`` (f32) is computed by the op; everything else as MoE3. A
+``W_r f32 [E, H]`` and ``router_logits = X @ W_r^T`` (f32) is computed by the op; everything else as MoE3. With
+14 inputs the router is kept in 8 bits: input 1 ``u8 [E, H]``, 12 ``router_scale f32 [E]``, 13
+``router_zero_point f32 [E]``, ``W_r[e] = scale[e] * (q[e] - zero_point[e])`` (NNCF's INT8_ASYM per row). A
 separate op type so that a runtime implementing only MoE3 (the GPU custom layer) refuses it instead of reading
 the router weight as logits. ``transform(model, "cpu")`` emits it when the router weight is a constant
-(float, or a u8/i8/u3 decompression subgraph, dequantized to f32 at transform time).
+(INT8_ASYM per row: kept u8; other float / u8 / i8 / u3 decompression subgraphs: dequantized to f32 at transform
+time).
 """
 
 from __future__ import annotations
@@ -167,11 +170,16 @@ def moe3_ref(x, router_logits, wg, sg, zg, wu, su, zu, wd, sd, zd, c, *, top_k: 
     return out
 
 
-def moe3r_ref(x, router_weight, *weights, **attrs) -> np.ndarray:
-    """MoE3R reference: :func:`moe3_ref` on ``router_logits = x @ router_weight^T`` (f32)."""
+def moe3r_ref(x, router_weight, *weights, router_scale=None, router_zero_point=None, **attrs) -> np.ndarray:
+    """MoE3R reference: :func:`moe3_ref` on ``router_logits = x @ W_r^T`` (f32), with ``W_r = router_weight`` (f32)
+    or, given ``router_scale`` / ``router_zero_point`` ([E]), ``W_r[e] = router_scale[e] * (router_weight[e] -
+    router_zero_point[e])`` (u8 router_weight)."""
     x = np.asarray(x, dtype=np.float32)
-    logits = x @ np.asarray(router_weight, dtype=np.float32).T
-    return moe3_ref(x, logits, *weights, **attrs)
+    w = np.asarray(router_weight, dtype=np.float32)
+    if router_scale is not None:
+        w = np.asarray(router_scale, np.float32)[:, None] * (w - np.asarray(router_zero_point, np.float32)[:, None])
+    logits = x.astype(np.float64) @ w.T.astype(np.float64)
+    return moe3_ref(x, logits.astype(np.float32), *weights, **attrs)
 
 
 def random_case(rng: np.random.Generator, n: int, k: int, group_size: int, mode: str, lead: tuple = ()):

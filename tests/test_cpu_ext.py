@@ -474,6 +474,31 @@ def test_bf16_activations(ext, isa, t):
     _check_bf16(y, R.moe3r_ref(x, wr, *weights, top_k=2, normalize_topk=True, group_size=gs), isa)
 
 
+@pytest.mark.parametrize("t,e,h", [(1, 16, 256), (3, 5, 100), (2, 64, 1024), (33, 8, 128)])
+def test_moe3r_int8_router(ext, isa, t, e, h):
+    """MoE3R with the router kept in 8 bits (u8 [E, H] + per-row scale / zero point, 14 inputs) vs the reference;
+    decode with a small and a large (E x H >= 64K: expert chunks over the threads) router, prefill (token chunks)."""
+    factory, core = ext
+    rng = np.random.default_rng(_seed(t, e, h, "int8"))
+    inter, gs = 64, 32 if h % 32 == 0 else h
+    weights = _moe_case(rng, e, h, inter if gs <= inter else h, gs, "int3_asym")
+    q = rng.integers(0, 256, (e, h)).astype(np.uint8)
+    rs = (rng.uniform(0.5, 1.5, e) * 4 / np.sqrt(h) / 128).astype(np.float32)
+    rz = rng.integers(100, 156, e).astype(np.float32)
+    x = rng.standard_normal((t, h)).astype(np.float32)
+    xp = ops.parameter([-1, h], np.float32)
+    node = factory.create("MoE3R", [xp.output(0)] + _consts([q] + weights + [rs, rz]),
+                          {"top_k": 2, "normalize_topk": True, "group_size": gs, "k3_version": K3_VERSION})
+    y = core.compile_model(ov.Model([node.output(0)], [xp]), "CPU", F32)(x)[0]
+    ref = R.moe3r_ref(x, q, *weights, router_scale=rs, router_zero_point=rz, top_k=2, normalize_topk=True,
+                      group_size=gs)
+    _check(y, ref, isa)
+    # the 8-bit router gives the routing of its f32 dequantization (MoE3R with 12 inputs)
+    wr = rs[:, None] * (q.astype(np.float32) - rz[:, None])
+    y32 = _moe3r_model(ext, h, wr, weights, 2, True, gs)(x)[0]
+    assert _rel(y, y32) < 1e-4
+
+
 def test_moe3r_bad_operands_rejected(ext):
     factory, _ = ext
     rng = np.random.default_rng(8)
@@ -489,6 +514,13 @@ def test_moe3r_bad_operands_rejected(ext):
         factory.create("MoE3R", [x.output(0)] + _consts([np.zeros((e, h), np.float16)] + weights), attrs)
     with pytest.raises(Exception, match="top_k 5 > expert count"):
         factory.create("MoE3R", [x.output(0)] + _consts([np.zeros((e, h), np.float32)] + weights), dict(attrs, top_k=5))
+    q8, s8, z8 = np.zeros((e, h), np.uint8), np.ones(e, np.float32), np.zeros(e, np.float32)
+    with pytest.raises(Exception, match="router_weight with router_scale / router_zero_point must be u8"):
+        factory.create("MoE3R", [x.output(0)] + _consts([q8.astype(np.float32)] + weights + [s8, z8]), attrs)
+    with pytest.raises(Exception, match=r"must be \[E\]"):
+        factory.create("MoE3R", [x.output(0)] + _consts([q8] + weights + [s8[:2], z8]), attrs)
+    with pytest.raises(Exception, match="takes 12 inputs"):
+        factory.create("MoE3R", [x.output(0)] + _consts([q8] + weights + [s8]), attrs)
 
 
 def test_moe3_large_activations(ext, isa):

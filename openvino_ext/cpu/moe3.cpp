@@ -32,9 +32,11 @@ MoE3::MoE3(bool router_in_op, const ov::OutputVector& args, int64_t top_k, bool 
 
 void MoE3::validate_and_infer_types() {
     const char* op = m_router_in_op ? "MoE3R" : "MoE3";
-    NODE_VALIDATION_CHECK(this, get_input_size() == 12, op, " takes 12 inputs (X, ",
-                          m_router_in_op ? "router_weight" : "router_logits",
-                          ", Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C), got ", get_input_size());
+    NODE_VALIDATION_CHECK(this, get_input_size() == 12 || (m_router_in_op && get_input_size() == 14), op,
+                          " takes 12 inputs (X, ", m_router_in_op ? "router_weight" : "router_logits",
+                          ", Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C)",
+                          m_router_in_op ? " or 14 (+ router_scale, router_zero_point with a u8 router_weight)" : "",
+                          ", got ", get_input_size());
     const auto tx = get_input_element_type(0);
     check_act_type(this, 0);
     for (size_t p : {2, 5, 8}) check_weight_types(this, p);
@@ -49,7 +51,23 @@ void MoE3::validate_and_infer_types() {
     const int e_axis = m_router_in_op ? 0 : 1;
     if (m_router_in_op) {
         const auto tr = get_input_element_type(1);
-        NODE_VALIDATION_CHECK(this, tr.is_dynamic() || tr == ov::element::f32, "router_weight must be f32, got ", tr);
+        const bool int8 = get_input_size() == 14;
+        if (int8) {
+            NODE_VALIDATION_CHECK(this, tr.is_dynamic() || tr == ov::element::u8, "router_weight with router_scale / "
+                                  "router_zero_point must be u8, got ", tr);
+            for (size_t p : {12, 13}) {
+                const auto t = get_input_element_type(p);
+                NODE_VALIDATION_CHECK(this, t.is_dynamic() || t == ov::element::f32, "router_scale / "
+                                      "router_zero_point must be f32, got ", t);
+                const auto& ps = get_input_partial_shape(p);
+                if (ps.is_static() && ls.rank().is_static() && ls[0].is_static())
+                    NODE_VALIDATION_CHECK(this, ps.rank().get_length() == 1 && ps[0].get_length() == ls[0].get_length(),
+                                          "router_scale / router_zero_point must be [E] = [", ls[0], "], got ", ps);
+            }
+        } else {
+            NODE_VALIDATION_CHECK(this, tr.is_dynamic() || tr == ov::element::f32, "router_weight must be f32, got ",
+                                  tr);
+        }
         NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 2,
                               "router_weight must be [E, H], got ", ls);
         if (ls.rank().is_static() && xs.rank().is_static() && ls[1].is_static() && xs[1].is_static())
@@ -89,7 +107,13 @@ bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
 
 bool MoE3::has_evaluate() const {
     if (!is_act_type(get_input_element_type(0))) return false;
-    if (get_input_element_type(1) != ov::element::f32) return false;
+    if (get_input_size() == 14) {
+        if (get_input_element_type(1) != ov::element::u8 || get_input_element_type(12) != ov::element::f32 ||
+            get_input_element_type(13) != ov::element::f32)
+            return false;
+    } else if (get_input_element_type(1) != ov::element::f32) {
+        return false;
+    }
     for (size_t p : {2, 5, 8})
         if (get_input_element_type(p) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(p + 1)) ||
             get_input_element_type(p + 2) != ov::element::u8)
@@ -247,7 +271,22 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         const float* x0 = static_cast<const float*>(inputs[0].data());
         sc.logits.resize(T * E);
         float* lg = sc.logits.data();
-        if (H % 16 == 0 && T <= 8 && E * H < 65536) {  // the f32 GEMM kernel reads K in steps of 16
+        if (inputs.size() == 14) {  // INT8 router: decode splits experts over the threads, prefill splits tokens
+            const uint8_t* q = static_cast<const uint8_t*>(inputs[1].data());
+            const float* rs = static_cast<const float*>(inputs[12].data());
+            const float* rz = static_cast<const float*>(inputs[13].data());
+            if (T <= 8 && E * H < 65536)
+                Kr.router_u8(x0, T, H, q, rs, rz, 0, E, E, lg);
+            else if (T <= 8)
+                parallel_for((E + 15) / 16, [&](int64_t c) {
+                    Kr.router_u8(x0, T, H, q, rs, rz, c * 16, std::min<int64_t>(E, c * 16 + 16), E, lg);
+                });
+            else
+                parallel_for((T + 11) / 12, [&](int64_t c) {
+                    const int64_t t0 = c * 12, nt = std::min<int64_t>(12, T - t0);
+                    Kr.router_u8(x0 + t0 * H, nt, H, q, rs, rz, 0, E, E, lg + t0 * E);
+                });
+        } else if (H % 16 == 0 && T <= 8 && E * H < 65536) {  // the f32 GEMM kernel reads K in steps of 16
             Kr.gemm(x0, H, T, logits, H, (int)E, H, lg, E);
         } else if (H % 16 == 0 && T <= 8) {  // decode, large router (Qwen3-30B: 128 x 2048 f32 = 1 MB): expert chunks
             const float* wr = logits;

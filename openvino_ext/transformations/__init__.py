@@ -235,9 +235,42 @@ def _fold_f32(output, layout: str, depth: int = 0) -> np.ndarray:
     raise Unsupported(f"router weight computed by {t}")
 
 
-def _router_weight(logits, x, e: int, h: int, layout: str) -> np.ndarray:
-    """The router weight W_r f32 [E, H] when ``logits = MatMul(x, const W)`` feeds only the router Softmax (so that
-    MoE3R can compute the logits itself), else raise Unsupported (MoE3 then takes the logits)."""
+def _router_int8(output, e: int, h: int):
+    """``(q u8 [E, H], s f32 [E], z f32 [E])`` when the router weight is NNCF's INT8_ASYM per-row decompression
+    ``[Convert] [Reshape] Multiply(Subtract(Convert(u8 q), Convert(u8 z)), scale)`` in the [E, H] orientation, else
+    None (the weight is then folded to f32)."""
+    node = output.get_node()
+    while tname(node) in ("Convert", "Reshape"):
+        if tname(node) == "Reshape" and tuple(node.get_output_partial_shape(0).to_shape()) != (e, h):
+            return None
+        node = src(node)
+    if tname(node) != "Multiply":
+        return None
+    a, b = src(node, 0), src(node, 1)
+    if tname(a) == "Constant":
+        a, b = b, a
+    if tname(a) != "Subtract" or tname(b) != "Constant":
+        return None
+    qc, zc = _skip(src(a, 0), ("Convert",)), _skip(src(a, 1), ("Convert",))
+    if tname(qc) != "Constant" or tname(zc) != "Constant" or etype(qc) != "u8" or etype(zc) != "u8":
+        return None
+    q = np.asarray(qc.get_data())
+    z = np.asarray(zc.get_data()).astype(np.float32)
+    s = np.asarray(b.get_data()).astype(np.float32)
+    if q.shape != (e, h) or z.size not in (1, e) or s.size not in (1, e):
+        return None
+    if z.size == e and z.shape[0] != e or s.size == e and s.shape[0] != e:
+        return None
+    z, s = np.broadcast_to(z.reshape(-1), (e,)), np.broadcast_to(s.reshape(-1), (e,))
+    if not np.all(np.isfinite(s)):
+        return None
+    return (np.ascontiguousarray(q), np.ascontiguousarray(s, dtype=np.float32), np.ascontiguousarray(z, dtype=np.float32))
+
+
+def _router_weight(logits, x, e: int, h: int, layout: str):
+    """The router weight when ``logits = MatMul(x, const W)`` feeds only the router Softmax (so that MoE3R can compute
+    the logits itself): ``(q u8 [E, H], s f32 [E], z f32 [E])`` for an INT8_ASYM per-row router (kept in 8 bits),
+    else W_r f32 [E, H]. Raises Unsupported otherwise (MoE3 then takes the logits)."""
     mm = logits.get_node()
     if tname(mm) != "MatMul":
         raise Unsupported(f"router logits come from {tname(mm)}, not a MatMul (e.g. a router bias)")
@@ -248,6 +281,10 @@ def _router_weight(logits, x, e: int, h: int, layout: str) -> np.ndarray:
     attrs = mm.get_attributes()
     if attrs.get("transpose_a"):
         raise Unsupported("router MatMul with transpose_a")
+    if attrs.get("transpose_b"):
+        int8 = _router_int8(mm.input(1).get_source_output(), e, h)
+        if int8 is not None:
+            return int8
     w = _fold_f32(mm.input(1).get_source_output(), layout)
     if w.ndim != 2:
         raise Unsupported(f"router weight of rank {w.ndim}")
@@ -279,11 +316,14 @@ def _rewrite_moe(model, factory, layout, stats, fuse_router: bool = True):
             except Unsupported as why:
                 logger.info("MoE block at %s: router stays outside (MoE3 takes its logits): %s",
                             node.get_friendly_name(), why)
-        ops_in = [m["x"], _consts((router,))[0] if router is not None else m["logits"]]
+        int8 = isinstance(router, tuple)  # (q, s, z): INT8 router -> inputs 1, 12, 13
+        ops_in = [m["x"], m["logits"] if router is None else _consts((router[0] if int8 else router,))[0]]
         for w in (m["wg"], m["wu"], m["wd"]):
             wk, s, z, _ = w.kernel_operands()
             ops_in += _consts((wk, s, z))
         ops_in += _consts((m["wg"].codebook,))
+        if int8:
+            ops_in += _consts(router[1:])
         op_type = "MoE3R" if router is not None else "MoE3"
         moe = factory.create(op_type, ops_in, {"top_k": int(m["top_k"]), "normalize_topk": bool(m["normalize"]),
                                                "group_size": int(m["group_size"]), "k3_version": K3_VERSION})
