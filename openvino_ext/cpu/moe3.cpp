@@ -186,6 +186,17 @@ inline void prefetch_rows(const k3::Weight& W, int64_t n0) {
     for (int i = 0; i < 2048; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
 }
 
+// 8-bit router rows [e0, e1) for tokens [0, T): lg[t * E + e] = s[e] * (x_t . q_e - z[e] * sum(x_t)) (NNCF's
+// INT8_ASYM per row)
+void router_u8(const k3::Kernels& Kn, const float* x, int64_t T, int64_t H, const uint8_t* q, const float* s,
+               const float* z, int64_t e0, int64_t e1, int64_t E, float* lg) {
+    for (int64_t t = 0; t < T; ++t) {
+        const float* xt = x + t * H;
+        const float xs = (float)Kn.sum(xt, H);
+        for (int64_t e = e0; e < e1; ++e) lg[t * E + e] = s[e] * (Kn.dot_u8(xt, q + e * H, H) - z[e] * xs);
+    }
+}
+
 // Per-thread buffers reused across calls (a decode step calls MoE3 once per layer: ~60 small allocations and frees
 // per call otherwise). evaluate() runs on the plugin's calling thread; concurrent infer requests use other threads.
 struct Scratch {
@@ -276,15 +287,15 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             const float* rs = static_cast<const float*>(inputs[12].data());
             const float* rz = static_cast<const float*>(inputs[13].data());
             if (T <= 8 && E * H < 65536)
-                Kr.router_u8(x0, T, H, q, rs, rz, 0, E, E, lg);
+                router_u8(Kr, x0, T, H, q, rs, rz, 0, E, E, lg);
             else if (T <= 8)
                 parallel_for((E + 15) / 16, [&](int64_t c) {
-                    Kr.router_u8(x0, T, H, q, rs, rz, c * 16, std::min<int64_t>(E, c * 16 + 16), E, lg);
+                    router_u8(Kr, x0, T, H, q, rs, rz, c * 16, std::min<int64_t>(E, c * 16 + 16), E, lg);
                 });
             else
                 parallel_for((T + 11) / 12, [&](int64_t c) {
                     const int64_t t0 = c * 12, nt = std::min<int64_t>(12, T - t0);
-                    Kr.router_u8(x0 + t0 * H, nt, H, q, rs, rz, 0, E, E, lg + t0 * E);
+                    router_u8(Kr, x0 + t0 * H, nt, H, q, rs, rz, 0, E, E, lg + t0 * E);
                 });
         } else if (H % 16 == 0 && T <= 8 && E * H < 65536) {  // the f32 GEMM kernel reads K in steps of 16
             Kr.gemm(x0, H, T, logits, H, (int)E, H, lg, E);

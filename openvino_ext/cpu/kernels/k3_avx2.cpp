@@ -219,33 +219,25 @@ void swiglu(const float* g, const float* u, int64_t n, float* out) {
     }
 }
 
-void router_u8(const float* x, int64_t T, int64_t H, const uint8_t* q, const float* s, const float* z, int64_t e0,
-               int64_t e1, int64_t E, float* lg) {
-    for (int64_t t = 0; t < T; ++t) {
-        const float* xt = x + t * H;
-        const float xs = (float)sum(xt, H);
-        for (int64_t e = e0; e < e1; ++e) {
-            const uint8_t* qe = q + e * H;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-            int64_t h = 0;
-            for (; h + 16 <= H; h += 16) {
-                const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(qe + h))));
-                const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(qe + h + 8))));
-                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt + h), a0);
-                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + h + 8), a1);
-            }
-            alignas(32) float v[8];
-            _mm256_store_ps(v, _mm256_add_ps(a0, a1));
-            float dot = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-            for (; h < H; ++h) dot += xt[h] * (float)qe[h];
-            lg[t * E + e] = s[e] * (dot - z[e] * xs);
-        }
+float dot_u8(const float* x, const uint8_t* q, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int64_t h = 0;
+    for (; h + 16 <= n; h += 16) {
+        const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(q + h))));
+        const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(q + h + 8))));
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + h), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + h + 8), a1);
     }
+    alignas(32) float v[8];
+    _mm256_store_ps(v, _mm256_add_ps(a0, a1));
+    float dot = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+    for (; h < n; ++h) dot += x[h] * (float)q[h];
+    return dot;
 }
 
 }  // namespace
 
-const Kernels avx2_kernels = {"avx2", gemv, dequant, gemm, sum, swiglu, router_u8, nullptr, nullptr, nullptr, nullptr};
+const Kernels avx2_kernels = {"avx2", gemv, dequant, gemm, sum, swiglu, dot_u8, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace k3
 }  // namespace nncf_moe3

@@ -219,35 +219,26 @@ void swiglu(const float* g, const float* u, int64_t n, float* out) {
     }
 }
 
-void router_u8(const float* x, int64_t T, int64_t H, const uint8_t* q, const float* s, const float* z, int64_t e0,
-               int64_t e1, int64_t E, float* lg) {
-    for (int64_t t = 0; t < T; ++t) {
-        const float* xt = x + t * H;
-        const float xs = (float)sum(xt, H);
-        for (int64_t e = e0; e < e1; ++e) {
-            const uint8_t* qe = q + e * H;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-            int64_t h = 0;
-            for (; h + 32 <= H; h += 32) {
-                const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(qe + h))));
-                const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(qe + h + 16))));
-                a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xt + h), a0);
-                a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + h + 16), a1);
-            }
-            for (; h < H; h += 16) {  // masked tail
-                const __mmask16 k = H - h >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (H - h)) - 1u);
-                const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, qe + h)));
-                a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, xt + h), a0);
-            }
-            const float dot = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-            lg[t * E + e] = s[e] * (dot - z[e] * xs);
-        }
+float dot_u8(const float* x, const uint8_t* q, int64_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    int64_t h = 0;
+    for (; h + 32 <= n; h += 32) {
+        const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(q + h))));
+        const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(q + h + 16))));
+        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + h), a0);
+        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + h + 16), a1);
     }
+    for (; h < n; h += 16) {  // masked tail
+        const __mmask16 k = n - h >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - h)) - 1u);
+        const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, q + h)));
+        a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, x + h), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
 }  // namespace
 
-const Kernels avx512_kernels = {"avx512", gemv, dequant, gemm, sum, swiglu, router_u8, nullptr, nullptr, nullptr, nullptr};
+const Kernels avx512_kernels = {"avx512", gemv, dequant, gemm, sum, swiglu, dot_u8, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace k3
 }  // namespace nncf_moe3

@@ -70,10 +70,8 @@ struct Kernels {
     double (*sum)(const float* p, int64_t n);
     // out[i] = silu(g[i]) * u[i] (SwiGLU; vectorized exp)
     void (*swiglu)(const float* g, const float* u, int64_t n, float* out);
-    // 8-bit router (MoE3R): lg[t * E + e] = s[e] * (x_t . q_e - z[e] * sum(x_t)) for tokens t < T, rows e in [e0, e1)
-    // of q u8 [E][H] (per-row asymmetric, NNCF INT8_ASYM)
-    void (*router_u8)(const float* x, int64_t T, int64_t H, const uint8_t* q, const float* s, const float* z,
-                      int64_t e0, int64_t e1, int64_t E, float* lg);
+    // sum_h x[h] * q[h] over n values, q u8 (the 8-bit router of MoE3R)
+    float (*dot_u8)(const float* x, const uint8_t* q, int64_t n);
 
     // ---- int8-activation kernels (AVX512-VNNI + VBMI); all nullptr when unavailable or NNCF_MOE3_ACT_QUANT=0.
     // Token m of a call is row tok[m] of X (tok == nullptr: row m); X.G must equal W.G.

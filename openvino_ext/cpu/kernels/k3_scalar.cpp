@@ -74,28 +74,20 @@ void swiglu(const float* g, const float* u, int64_t n, float* out) {
     for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
 }
 
-void router_u8(const float* x, int64_t T, int64_t H, const uint8_t* q, const float* s, const float* z, int64_t e0,
-               int64_t e1, int64_t E, float* lg) {
-    for (int64_t t = 0; t < T; ++t) {
-        const float* xt = x + t * H;
-        const float xs = (float)sum(xt, H);
-        for (int64_t e = e0; e < e1; ++e) {
-            const uint8_t* qe = q + e * H;
-            float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            int64_t h = 0;
-            for (; h + 8 <= H; h += 8)
-                for (int j = 0; j < 8; ++j) a[j] += xt[h + j] * (float)qe[h + j];
-            float dot = 0.f;
-            for (; h < H; ++h) dot += xt[h] * (float)qe[h];
-            for (int j = 0; j < 8; ++j) dot += a[j];
-            lg[t * E + e] = s[e] * (dot - z[e] * xs);
-        }
-    }
+float dot_u8(const float* x, const uint8_t* q, int64_t n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t h = 0;
+    for (; h + 8 <= n; h += 8)
+        for (int j = 0; j < 8; ++j) a[j] += x[h + j] * (float)q[h + j];
+    float dot = 0.f;
+    for (; h < n; ++h) dot += x[h] * (float)q[h];
+    for (int j = 0; j < 8; ++j) dot += a[j];
+    return dot;
 }
 
 }  // namespace
 
-const Kernels scalar_kernels = {"scalar", gemv, dequant, gemm, sum, swiglu, router_u8, nullptr, nullptr, nullptr, nullptr};
+const Kernels scalar_kernels = {"scalar", gemv, dequant, gemm, sum, swiglu, dot_u8, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace k3
 }  // namespace nncf_moe3
