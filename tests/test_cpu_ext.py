@@ -407,6 +407,7 @@ def _moe3r_model(ext, h, router_weight, weights, top_k, norm, gs):
 MOE3R_CASES = [  # (tokens, experts, hidden, inter, group_size, top_k, normalize, mode)
     (1, 16, 256, 192, 64, 8, True, "int3_sym"),  # decode: router GEMM on the calling thread
     (3, 5, 100, 100, 100, 2, False, "int3_asym"),  # H % 16 != 0 (per-channel groups): zero-padded router GEMM
+    (20, 5, 100, 100, 100, 2, True, "nf3"),  # ... and in prefill (token chunks over the padded copy)
     (33, 8, 128, 64, 32, 2, True, "nf3"),  # prefill: router GEMM over token chunks in parallel
     (128, 16, 256, 128, 128, 8, True, "int3_asym"),
     (2, 64, 1024, 128, 128, 8, True, "int3_sym"),  # decode with a large router (E x H >= 64K): expert chunks

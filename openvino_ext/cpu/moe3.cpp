@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -282,44 +283,41 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         const float* x0 = static_cast<const float*>(inputs[0].data());
         sc.logits.resize(T * E);
         float* lg = sc.logits.data();
-        if (inputs.size() == 14) {  // INT8 router: decode splits experts over the threads, prefill splits tokens
+        // rows(xs, nt, e0, e1, out): logits of router rows [e0, e1) for nt tokens (out = their first logits row)
+        std::function<void(const float*, int64_t, int64_t, int64_t, float*)> rows;
+        int64_t ldx = H;  // row stride of x0 (the zero-padded copy for the f32 GEMM when H % 16 != 0)
+        if (inputs.size() == 14) {  // INT8 router: s * (x . q - z * sum(x))
             const uint8_t* q = static_cast<const uint8_t*>(inputs[1].data());
             const float* rs = static_cast<const float*>(inputs[12].data());
             const float* rz = static_cast<const float*>(inputs[13].data());
-            if (T <= 8 && E * H < 65536)
-                router_u8(Kr, x0, T, H, q, rs, rz, 0, E, E, lg);
-            else if (T <= 8)
-                parallel_for((E + 15) / 16, [&](int64_t c) {
-                    router_u8(Kr, x0, T, H, q, rs, rz, c * 16, std::min<int64_t>(E, c * 16 + 16), E, lg);
-                });
-            else
-                parallel_for((T + 11) / 12, [&](int64_t c) {
-                    const int64_t t0 = c * 12, nt = std::min<int64_t>(12, T - t0);
-                    router_u8(Kr, x0 + t0 * H, nt, H, q, rs, rz, 0, E, E, lg + t0 * E);
-                });
-        } else if (H % 16 == 0 && T <= 8 && E * H < 65536) {  // the f32 GEMM kernel reads K in steps of 16
-            Kr.gemm(x0, H, T, logits, H, (int)E, H, lg, E);
-        } else if (H % 16 == 0 && T <= 8) {  // decode, large router (Qwen3-30B: 128 x 2048 f32 = 1 MB): expert chunks
+            rows = [&, q, rs, rz](const float* xs, int64_t nt, int64_t e0, int64_t e1, float* out) {
+                router_u8(Kr, xs, nt, H, q, rs, rz, e0, e1, E, out);
+            };
+        } else {  // f32 router through the f32 GEMM kernel, which reads K in steps of 16: zero-pad otherwise
             const float* wr = logits;
-            const int64_t ec = 16, nec = (E + ec - 1) / ec;
-            parallel_for(nec, [&](int64_t c) {  // each task writes logits e0 .. e0 + ne of every token
-                const int64_t e0 = c * ec, ne = std::min<int64_t>(ec, E - e0);
-                Kr.gemm(x0, H, T, wr + e0 * H, H, (int)ne, H, lg + e0, E);
-            });
-        } else if (H % 16 == 0) {  // prefill: token chunks in parallel
-            const float* wr = logits;
-            parallel_for((T + 11) / 12, [&](int64_t c) {
-                const int64_t t0 = c * 12, nt = std::min<int64_t>(12, T - t0);
-                Kr.gemm(x0 + t0 * H, H, nt, wr, H, (int)E, H, lg + t0 * E, E);
-            });
-        } else {  // zero-pad K (hidden sizes that are not multiples of 16: setup-sized copies, rare)
-            const int64_t Hp16 = (H + 15) / 16 * 16;
-            sc.xpad.assign(T * Hp16, 0.f);
-            sc.wpad.assign(E * Hp16, 0.f);
-            for (int64_t t = 0; t < T; ++t) std::copy(x0 + t * H, x0 + t * H + H, sc.xpad.data() + t * Hp16);
-            for (int64_t e = 0; e < E; ++e) std::copy(logits + e * H, logits + e * H + H, sc.wpad.data() + e * Hp16);
-            Kr.gemm(sc.xpad.data(), Hp16, T, sc.wpad.data(), Hp16, (int)E, Hp16, lg, E);
+            if (H % 16) {  // hidden sizes that are not multiples of 16: setup-sized copies, rare
+                ldx = (H + 15) / 16 * 16;
+                sc.xpad.assign(T * ldx, 0.f);
+                sc.wpad.assign(E * ldx, 0.f);
+                for (int64_t t = 0; t < T; ++t) std::copy(x0 + t * H, x0 + t * H + H, sc.xpad.data() + t * ldx);
+                for (int64_t e = 0; e < E; ++e) std::copy(wr + e * H, wr + e * H + H, sc.wpad.data() + e * ldx);
+                x0 = sc.xpad.data();
+                wr = sc.wpad.data();
+            }
+            const int64_t ld = ldx;
+            rows = [&, wr, ld](const float* xs, int64_t nt, int64_t e0, int64_t e1, float* out) {
+                Kr.gemm(xs, ld, nt, wr + e0 * ld, ld, (int)(e1 - e0), ld, out + e0, E);
+            };
         }
+        if (T <= 8 && E * H < 65536)  // small router, decode: on the calling thread
+            rows(x0, T, 0, E, lg);
+        else if (T <= 8)  // decode, large router (Qwen3-30B: 128 x 2048): 16-expert chunks over the threads
+            parallel_for((E + 15) / 16, [&](int64_t c) { rows(x0, T, c * 16, std::min<int64_t>(E, c * 16 + 16), lg); });
+        else  // prefill: 12-token chunks over the threads
+            parallel_for((T + 11) / 12, [&](int64_t c) {
+                const int64_t t0 = c * 12;
+                rows(x0 + t0 * ldx, std::min<int64_t>(12, T - t0), 0, E, lg + t0 * E);
+            });
         logits = sc.logits.data();
     }
     auto& tok = sc.tok;  // tokens routed to e, in token order
