@@ -310,8 +310,12 @@ def child(spec: dict) -> dict:
             return t
 
         warm = 2  # the first inference includes one-time work (the ops' huge-page weight copies)
+        steps = []
         for i, x in enumerate(xs):
+            t = time.perf_counter()
             req2.infer([x])
+            if i >= warm:
+                steps.append(time.perf_counter() - t)
             if i == warm - 1:
                 before = totals()
         after = totals()
@@ -319,7 +323,15 @@ def child(spec: dict) -> dict:
         for kind, mean_all in after.items():  # per-token mean over the inferences after the warm-up
             agg[kind] = (mean_all * n - before.get(kind, 0.0) * warm) / (n - warm)
         out["decode_nodes"] = dict(sorted(agg.items(), key=lambda kv: -kv[1]))
+        # the same inferences' wall time per token (mean, as the node times): step - sum(nodes) = the CPU plugin's
+        # per-inference work outside any node (graph walk, dynamic-shape updates, infer-request overhead)
+        out["decode_nodes_step"] = float(np.mean(steps))
     return out
+
+
+# node kinds that read the weights of the expert / attention / lm_head projections (step anatomy)
+_WEIGHT_NODES = ("MoE3", "MatMul3", "GatherMatmul", "GatherMatmulCompressed", "FullyConnected",
+                 "FullyConnectedCompressed")
 
 
 def interleaved_child(spec: dict) -> dict:
@@ -476,11 +488,29 @@ def main(argv=None):
             if "prefill_moe3" in r:
                 print(f"{workload}/{name} prefill: MoE3 ops {r['prefill_moe3'] * 1e3:.1f} ms of "
                       f"{r['prefill_mean'] * 1e3:.1f} ms (medians) = {r['prefill_moe3'] / r['prefill_mean']:.0%}")
+    anatomy = {}
     for (workload, name), (m, r) in rows.items():
         if "decode_nodes" in r:
             tot = sum(r["decode_nodes"].values())
             top = ", ".join(f"{k} {v * 1e3:.2f}" for k, v in list(r["decode_nodes"].items())[:8])
             print(f"{workload}/{name} decode per node kind (ms/token, PERF_COUNT, sum {tot * 1e3:.2f}): {top}")
+            weights = sum(v for k, v in r["decode_nodes"].items() if k in _WEIGHT_NODES)
+            anatomy[name] = (r["decode_nodes_step"], weights, tot - weights, r["decode_nodes_step"] - tot,
+                             m["bytes_per_token"])
+    if anatomy:
+        print("\nMoE-stack decode step anatomy (PERF_COUNT run, mean ms/token): weight nodes = the nodes that read "
+              "expert / projection weights (MoE3, MatMul3, GatherMatmul*, FullyConnected*); outside = step - all nodes")
+        print("| variant | step | weight nodes | other nodes | outside nodes | weight-node GB/s |")
+        print("|---|---|---|---|---|---|")
+        for name, (st, w, o, out_, b) in anatomy.items():
+            gbs = "-" if name == "int3_stock" else f"{b / w / 1e9:.1f}"  # stock INT3 reads bf16-folded weights
+            print(f"| {name} | {st * 1e3:.2f} | {w * 1e3:.2f} | {o * 1e3:.2f} | {out_ * 1e3:.2f} | {gbs} |")
+        if "moe3" in anatomy and "int3_stock" in anatomy:
+            st, w, o, out_, b = anatomy["moe3"]
+            ideal = b / (bw * 1e9) + o + out_
+            print(f"bound: MoE3 with its weight nodes at the read probe ({bw:.1f} GB/s) and the same other / outside "
+                  f"time = {ideal * 1e3:.2f} ms -> stock INT3 / MoE3 <= {anatomy['int3_stock'][0] / ideal:.1f}x in "
+                  f"this run (measured {anatomy['int3_stock'][0] / st:.1f}x)")
     if inter:
         print(f"\nMoE-stack decode, all variants in one process, {args.rounds} alternating rounds (median ms/token): "
               + ", ".join(f"{n} {v * 1e3:.2f} ({v / inter['int4']:.2f}x int4)" for n, v in inter.items()))

@@ -1,6 +1,7 @@
 #include "matmul3.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "op_util.hpp"
@@ -8,6 +9,27 @@
 namespace nncf_moe3 {
 
 int64_t k3_version_current() { return k3::K3_VERSION; }
+
+namespace {
+// NNCF_MOE3_PROFILE: summed wall time of MatMul3 evaluate() calls (MatMul3 calls of one model run one after another)
+double g_mm_seconds = 0;
+int64_t g_mm_calls = 0;
+}  // namespace
+}  // namespace nncf_moe3
+
+// C entry point (ctypes, examples/bench_cpu.py): seconds spent in MatMul3 evaluate() and the call count since the
+// last reset (profiling on as for nncf_moe3_profile).
+extern "C" __attribute__((visibility("default"))) int64_t nncf_moe3_profile_matmul3(double* seconds, int reset) {
+    if (seconds) *seconds = nncf_moe3::g_mm_seconds;
+    const int64_t calls = nncf_moe3::g_mm_calls;
+    if (reset) {
+        nncf_moe3::g_mm_seconds = 0;
+        nncf_moe3::g_mm_calls = 0;
+    }
+    return calls;
+}
+
+namespace nncf_moe3 {
 
 MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size, int64_t k3_version)
     : Op(args), m_group_size(group_size), m_k3_version(k3_version) {
@@ -59,6 +81,8 @@ bool MatMul3::has_evaluate() const {
 
 bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     using namespace k3;
+    const bool prof = profiling_on();
+    const auto t0 = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     const auto& X = inputs[0];
     const auto xshape = X.get_shape();
     OPENVINO_ASSERT(!xshape.empty(), "MatMul3: scalar X");
@@ -79,6 +103,10 @@ bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs
     const float* x = f32_activations(X, small ? xbuf_decode : xbuf_local);
     compute(inputs, x, y, M, K, ws);
     store_result(outputs[0], y, (size_t)(M * ws.N));
+    if (prof) {
+        g_mm_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ++g_mm_calls;
+    }
     return true;
 }
 

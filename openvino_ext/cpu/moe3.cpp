@@ -144,6 +144,9 @@ struct Profile {  // not thread-safe: MoE3 calls of one model run one after anot
 Profile g_profile;
 
 }  // namespace
+
+bool profiling_on() { return g_profile.on; }
+
 }  // namespace nncf_moe3
 
 // C entry point (ctypes, examples/bench_cpu.py): accumulated per-phase seconds t[6] (route, quantize_x, gate_up,

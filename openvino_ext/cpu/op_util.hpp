@@ -40,4 +40,7 @@ float* f32_result(ov::Tensor& out, size_t n, std::vector<float>& buf);
 // bf16 outputs: round the f32 result in buf (from f32_result) to nearest even into the tensor; no-op for f32.
 void store_result(ov::Tensor& out, const float* y, size_t n);
 
+// Env NNCF_MOE3_PROFILE (or nncf_moe3_profile(.., enable = 1)): the ops time their evaluate() calls.
+bool profiling_on();
+
 }  // namespace nncf_moe3
