@@ -1,5 +1,8 @@
 #include "weight_pages.hpp"
 
+#include "kernels/k3_runtime.hpp"
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -105,7 +108,13 @@ std::shared_ptr<HugeWeights::Region> make_region(const uint8_t* src, size_t byte
         if (raw + len + HUGE_PAGE > base + len) munmap(reinterpret_cast<void*>(base + len), raw + len + HUGE_PAGE - base - len);
         void* dst = reinterpret_cast<void*>(base);
         madvise(dst, len, MADV_HUGEPAGE);  // before the first touch: the copy faults in 2 MB pages where possible
-        std::memcpy(dst, src, bytes);
+        // 2 MB pieces over the threads: most of the cost is the kernel zeroing fresh huge pages on first touch (and,
+        // on a VM, the host backing them), which runs on whichever thread faults
+        const int64_t pieces = (int64_t)((bytes + HUGE_PAGE - 1) / HUGE_PAGE);
+        k3::parallel_for(pieces, [&](int64_t i) {
+            const size_t o = (size_t)i * HUGE_PAGE;
+            std::memcpy(static_cast<uint8_t*>(dst) + o, src + o, std::min(HUGE_PAGE, bytes - o));
+        });
         mprotect(dst, len, PROT_READ);
         r->mem = dst;
         r->mem_bytes = len;
