@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     r.set_defaults(fn=None)
     t = sub.add_parser("train-reference", help="retrain the reference model", add_help=False)
     t.set_defaults(fn=None)
+    bn = sub.add_parser("bench", help="CPU runtime benchmark: native 3-bit ops vs stock INT4 / INT3 / widened "
+                        "(Qwen3-30B-A3B-shaped MoE stack + dense 4096x4096)", add_help=False)
+    bn.set_defaults(fn=None)
 
     args, rest = p.parse_known_args(argv)
     if args.cmd == "baselines":
@@ -158,6 +161,10 @@ def main(argv=None) -> int:
         from nncf_moe3.results import main as results_main
 
         return results_main(rest)
+    if args.cmd == "bench":
+        from nncf_moe3.bench import main as bench_main
+
+        return bench_main(rest)
     if args.cmd == "train-reference":
         from nncf_moe3.reference.train import main as train_main
 
