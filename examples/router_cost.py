@@ -1,7 +1,8 @@
 """MoE3R (router MatMul inside the op) vs MoE3 fed by a stock f32 MatMul router, one Qwen3-30B-A3B-sized MoE block
 (128 experts, hidden 2048, expert intermediate 768, top-8, random int3_sym g128 codes), batch-1 decode, 2 threads,
 alternating calls in one process; the router as f32 and in nncf-moe3's default storage (INT8_ASYM per row: MoE3R
-keeps it u8; for MoE3 a stock decompression MatMul). Prints the median time per call and the op's "route" phase (softmax / top-k and,
+keeps it u8; for MoE3 a stock decompression MatMul) and as upstream INT3_SYM stores it (u3 g128: MoE3R keeps it in
+3 bits, exact f32 dot products). Prints the median time per call and the op's "route" phase (softmax / top-k and,
 for MoE3R, the router GEMM: 1 MB of f32 weights per layer, split over the threads in 16-expert chunks).
 
     python examples/router_cost.py
@@ -31,6 +32,11 @@ models = {}
 n8 = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [q8] + ws + [sc.astype(np.float32).ravel(),
               zp.astype(np.float32).ravel()]], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
 models["MoE3R, INT8 router (u8)"] = ov.Model([n8.output(0)], [x])
+# the router as upstream INT3_SYM stores it (u3, scalar zero point 4, g128): MoE3R keeps it in 3 bits (k3, 15 inputs)
+r3 = R.random_case(rng, E, H, gs, "int3_sym")
+n3r = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [r3[0]] + ws + list(r3[1:])],
+               {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
+models["MoE3R, 3-bit router (k3)"] = ov.Model([n3r.output(0)], [x])
 n = f.create("MoE3R", [x.output(0)] + [ops.constant(a).output(0) for a in [wr] + ws], {"top_k": k, "normalize_topk": True, "group_size": gs, "k3_version": 2})
 models["MoE3R, f32 router"] = ov.Model([n.output(0)], [x])
 lg = ops.matmul(x, ops.constant(wr), False, True)

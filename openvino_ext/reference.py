@@ -49,11 +49,14 @@ A shared expert (Qwen2-MoE) stays outside MoE3 (its 2-D weights become MatMul3 o
 MoE3R (opset "nncf_moe3"): MoE3 with the router MatMul inside -- input 1 is the router weight
 ``W_r f32 [E, H]`` and ``router_logits = X @ W_r^T`` (f32) is computed by the op; everything else as MoE3. With
 14 inputs the router is kept in 8 bits: input 1 ``u8 [E, H]``, 12 ``router_scale f32 [E]``, 13
-``router_zero_point f32 [E]``, ``W_r[e] = scale[e] * (q[e] - zero_point[e])`` (NNCF's INT8_ASYM per row). A
+``router_zero_point f32 [E]``, ``W_r[e] = scale[e] * (q[e] - zero_point[e])`` (NNCF's INT8_ASYM per row). With
+15 inputs the router is kept in 3 bits like the experts: input 1 ``u8 [E, Hb, 12]`` (k3 codes), 12 ``router_scale
+f16 [E, H/gs]``, 13 ``router_zero_point u8 [E, H/gs] | [1]``, 14 ``router_codebook f16 [8]``, ``W_r =
+dequantize(..)`` with the op's ``group_size``; the op computes these logits in f32 (no int8 activations). A
 separate op type so that a runtime implementing only MoE3 (the GPU custom layer) refuses it instead of reading
 the router weight as logits. ``transform(model, "cpu")`` emits it when the router weight is a constant
-(INT8_ASYM per row: kept u8; other float / u8 / i8 / u3 decompression subgraphs: dequantized to f32 at transform
-time).
+(INT8_ASYM per row: kept u8; a u3 decompression subgraph with the experts' group size, as upstream INT3_SYM
+writes it: kept k3; other float / u8 / i8 / u3 subgraphs: dequantized to f32 at transform time).
 """
 
 from __future__ import annotations
@@ -170,13 +173,19 @@ def moe3_ref(x, router_logits, wg, sg, zg, wu, su, zu, wd, sd, zd, c, *, top_k: 
     return out
 
 
-def moe3r_ref(x, router_weight, *weights, router_scale=None, router_zero_point=None, **attrs) -> np.ndarray:
+def moe3r_ref(x, router_weight, *weights, router_scale=None, router_zero_point=None, router_codebook=None,
+              **attrs) -> np.ndarray:
     """MoE3R reference: :func:`moe3_ref` on ``router_logits = x @ W_r^T`` (f32), with ``W_r = router_weight`` (f32)
     or, given ``router_scale`` / ``router_zero_point`` ([E]), ``W_r[e] = router_scale[e] * (router_weight[e] -
-    router_zero_point[e])`` (u8 router_weight)."""
+    router_zero_point[e])`` (u8 router_weight), or, given ``router_codebook`` too, the k3 router
+    ``dequantize(router_weight [E, Hb, 12], router_scale [E, G], router_zero_point, router_codebook, group_size)``."""
     x = np.asarray(x, dtype=np.float32)
-    w = np.asarray(router_weight, dtype=np.float32)
-    if router_scale is not None:
+    if router_codebook is not None:
+        w = dequantize(router_weight, router_scale, router_zero_point, router_codebook, attrs["group_size"],
+                       x.shape[1])
+    else:
+        w = np.asarray(router_weight, dtype=np.float32)
+    if router_scale is not None and router_codebook is None:
         w = np.asarray(router_scale, np.float32)[:, None] * (w - np.asarray(router_zero_point, np.float32)[:, None])
     logits = x.astype(np.float64) @ w.T.astype(np.float64)
     return moe3_ref(x, logits.astype(np.float32), *weights, **attrs)

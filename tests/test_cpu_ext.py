@@ -500,6 +500,35 @@ def test_moe3r_int8_router(ext, isa, t, e, h):
     assert _rel(y, y32) < 1e-4
 
 
+@pytest.mark.parametrize("t,e,h,inter,gs,mode", [
+    (1, 16, 256, 128, 64, "int3_sym"),  # decode, scalar zero point (upstream INT3_SYM), router on the calling thread
+    (3, 8, 96, 64, 32, "int3_asym"),  # H % 64 != 0: zero-padded activations; per-group zero points (group sums)
+    (1, 64, 1024, 128, 128, "nf3"),  # decode, large router (E x H >= 64K): 16-expert chunks over the threads
+    (40, 8, 128, 64, 32, "int3_asym"),  # prefill: token chunks over the threads, group sums per chunk
+    (20, 5, 96, 96, 96, "int3_sym"),  # per-channel groups, padded, prefill
+])
+def test_moe3r_k3_router(ext, isa, t, e, h, inter, gs, mode):
+    """MoE3R with the router kept in 3 bits (k3 codes [E, Hb, 12] + scales + zero points + codebook, 15 inputs: what
+    transform() emits for upstream INT3_SYM's u3 router) vs the reference, and vs MoE3R fed the router's f32
+    dequantization (12 inputs): the logits are exact f32 dot products in both."""
+    factory, core = ext
+    rng = np.random.default_rng(_seed(t, e, h, inter, gs, mode, "k3r"))
+    weights = _moe_case(rng, e, h, inter, gs, mode)
+    wr, sr, zr, cr = R.random_case(rng, e, h, gs, mode)
+    x = rng.standard_normal((t, h)).astype(np.float32)
+    xp = ops.parameter([-1, h], np.float32)
+    node = factory.create("MoE3R", [xp.output(0)] + _consts([wr] + weights + [sr, zr, cr]),
+                          {"top_k": 2, "normalize_topk": True, "group_size": gs, "k3_version": K3_VERSION})
+    assert node.get_input_size() == 15
+    y = core.compile_model(ov.Model([node.output(0)], [xp]), "CPU", F32)(x)[0]
+    ref = R.moe3r_ref(x, wr, *weights, router_scale=sr, router_zero_point=zr, router_codebook=cr, top_k=2,
+                      normalize_topk=True, group_size=gs)
+    _check(y, ref, isa)
+    w32 = R.dequantize(wr, sr, zr, cr, gs, h).astype(np.float32)
+    y32 = _moe3r_model(ext, h, w32, weights, 2, True, gs)(x)[0]
+    assert _rel(y, y32) < 1e-4
+
+
 def test_moe3r_bad_operands_rejected(ext):
     factory, _ = ext
     rng = np.random.default_rng(8)
@@ -522,6 +551,14 @@ def test_moe3r_bad_operands_rejected(ext):
         factory.create("MoE3R", [x.output(0)] + _consts([q8] + weights + [s8[:2], z8]), attrs)
     with pytest.raises(Exception, match="takes 12 inputs"):
         factory.create("MoE3R", [x.output(0)] + _consts([q8] + weights + [s8]), attrs)
+    w3, s3, z3, c3 = R.random_case(rng, e, h, gs, "int3_sym")
+    with pytest.raises(Exception, match="does not hold H"):  # k3 router packed for another hidden size
+        w_other = R.random_case(rng, e, h + 64, gs, "int3_sym")[0]
+        factory.create("MoE3R", [x.output(0)] + _consts([w_other] + weights + [s3, z3, c3]), attrs)
+    with pytest.raises(Exception, match="router_scale must be f16"):
+        factory.create("MoE3R", [x.output(0)] + _consts([w3] + weights + [s3.astype(np.int32), z3, c3]), attrs)
+    with pytest.raises(Exception, match="codebook must be"):
+        factory.create("MoE3R", [x.output(0)] + _consts([w3] + weights + [s3, z3, c3.astype(np.int32)]), attrs)
 
 
 def test_moe3_large_activations(ext, isa):

@@ -95,10 +95,12 @@ def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
     moes = [n for n in t.get_ordered_ops() if n.get_type_name() == "MoE3R"]
     assert all(n.input_value(1).get_node().get_type_name() == "Constant" for n in moes)  # W_r [E, H]
     # nncf-moe3 keeps the router INT8_ASYM per row: MoE3R keeps it in 8 bits (u8 + scale + zero point, 14 inputs);
-    # upstream INT3_SYM compresses it to u3: folded to f32 (12 inputs)
+    # upstream INT3_SYM compresses it to u3 with the experts' group size: kept in 3 bits (k3 codes [E, Hb, 12] +
+    # scale + zero point + codebook, 15 inputs)
     int8 = mode != "upstream_int3_sym"
-    assert all(n.get_input_size() == (14 if int8 else 12) for n in moes)
-    assert all(n.get_input_element_type(1) == (ov.Type.u8 if int8 else ov.Type.f32) for n in moes)
+    assert all(n.get_input_size() == (14 if int8 else 15) for n in moes)
+    assert all(n.get_input_element_type(1) == ov.Type.u8 for n in moes)
+    assert all(len(n.get_input_partial_shape(1)) == (2 if int8 else 3) for n in moes)
     assert stats["MatMul3"] == LAYERS * dense
     # q / k / v (and a shared expert's gate / up) read the same activations: merged into one MatMul3 each
     assert stats["MatMul3 fused groups"] >= LAYERS

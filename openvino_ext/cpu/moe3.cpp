@@ -28,15 +28,18 @@ MoE3::MoE3(bool router_in_op, const ov::OutputVector& args, int64_t top_k, bool 
       m_group_size(group_size),
       m_k3_version(k3_version) {
     constructor_validate_and_infer_types();
-    keep_f16_constants(this, {3, 6, 9});
+    keep_f16_constants(this, {3, 6, 9, 12});  // 12: a 3-bit router's scales (MoE3R with 15 inputs)
 }
 
 void MoE3::validate_and_infer_types() {
     const char* op = m_router_in_op ? "MoE3R" : "MoE3";
-    NODE_VALIDATION_CHECK(this, get_input_size() == 12 || (m_router_in_op && get_input_size() == 14), op,
+    NODE_VALIDATION_CHECK(this, get_input_size() == 12 ||
+                                    (m_router_in_op && (get_input_size() == 14 || get_input_size() == 15)), op,
                           " takes 12 inputs (X, ", m_router_in_op ? "router_weight" : "router_logits",
                           ", Wg, Sg, Zg, Wu, Su, Zu, Wd, Sd, Zd, C)",
-                          m_router_in_op ? " or 14 (+ router_scale, router_zero_point with a u8 router_weight)" : "",
+                          m_router_in_op ? ", 14 (+ router_scale, router_zero_point with a u8 router_weight [E, H]) "
+                                           "or 15 (+ router_scale, router_zero_point, router_codebook with a k3 "
+                                           "router_weight [E, Hb, 12])" : "",
                           ", got ", get_input_size());
     const auto tx = get_input_element_type(0);
     check_act_type(this, 0);
@@ -50,7 +53,21 @@ void MoE3::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, xs.rank().is_dynamic() || xs.rank().get_length() == 2, "X must be [T, H], got ", xs);
     // the expert count E: dim 1 of the logits [T, E] (MoE3) or dim 0 of the router weight [E, H] (MoE3R)
     const int e_axis = m_router_in_op ? 0 : 1;
-    if (m_router_in_op) {
+    if (m_router_in_op && get_input_size() == 15) {  // 3-bit router: k3 codes [E, Hb, 12] + S, Z [E, G] + C
+        const auto tr = get_input_element_type(1), ts = get_input_element_type(12), tz = get_input_element_type(13);
+        NODE_VALIDATION_CHECK(this, tr.is_dynamic() || tr == ov::element::u8, "k3 router_weight must be u8, got ", tr);
+        NODE_VALIDATION_CHECK(this, ts.is_dynamic() || is_f16_or_f32(ts), "router_scale must be f16 (or f32), got ",
+                              ts);
+        NODE_VALIDATION_CHECK(this, tz.is_dynamic() || tz == ov::element::u8, "router_zero_point must be u8, got ", tz);
+        check_codebook(this, 14);
+        NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 3,
+                              "k3 router_weight must be [E, Hb, 12], got ", ls);
+        if (ls.rank().is_static() && ls[2].is_static())
+            NODE_VALIDATION_CHECK(this, ls[2].get_length() == 12, "k3 router_weight must end in 12 bytes, got ", ls);
+        if (ls.rank().is_static() && xs.rank().is_static() && ls[1].is_static() && xs[1].is_static())
+            NODE_VALIDATION_CHECK(this, ls[1].get_length() == k3_blocks(xs[1].get_length()), "k3 router_weight ", ls,
+                                  " does not hold H = ", xs[1]);
+    } else if (m_router_in_op) {
         const auto tr = get_input_element_type(1);
         const bool int8 = get_input_size() == 14;
         if (int8) {
@@ -108,7 +125,11 @@ bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
 
 bool MoE3::has_evaluate() const {
     if (!is_act_type(get_input_element_type(0))) return false;
-    if (get_input_size() == 14) {
+    if (get_input_size() == 15) {
+        if (get_input_element_type(1) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(12)) ||
+            get_input_element_type(13) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(14)))
+            return false;
+    } else if (get_input_size() == 14) {
         if (get_input_element_type(1) != ov::element::u8 || get_input_element_type(12) != ov::element::f32 ||
             get_input_element_type(13) != ov::element::f32)
             return false;
@@ -206,7 +227,7 @@ void router_u8(const k3::Kernels& Kn, const float* x, int64_t T, int64_t H, cons
 struct Scratch {
     std::vector<std::vector<int32_t>> tok;  // [E] tokens routed to e
     std::vector<std::vector<float>> wts;    // [E] their routing weights
-    std::vector<float> p, logits, xpad, wpad;
+    std::vector<float> p, logits, xpad, wpad, xsum;
     std::vector<int64_t> idx, active;
     k3::QActBuf qx;
     std::vector<std::vector<float>> act;  // [A][Te][I]
@@ -251,7 +272,10 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
     Clock clk;
     const auto xshape = inputs[0].get_shape();
     const auto lshape = inputs[1].get_shape();
-    if (m_router_in_op)
+    if (m_router_in_op && inputs.size() == 15)  // k3 router [E, Hb, 12]: checked against H by weight_set below
+        OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 3, "MoE3R: X ", xshape, " / k3 router_weight ", lshape,
+                        " mismatch");
+    else if (m_router_in_op)
         OPENVINO_ASSERT(xshape.size() == 2 && lshape.size() == 2 && lshape[1] == xshape[1], "MoE3R: X ", xshape,
                         " / router_weight ", lshape, " mismatch");
     else
@@ -289,7 +313,31 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         // rows(xs, nt, e0, e1, out): logits of router rows [e0, e1) for nt tokens (out = their first logits row)
         std::function<void(const float*, int64_t, int64_t, int64_t, float*)> rows;
         int64_t ldx = H;  // row stride of x0 (the zero-padded copy for the f32 GEMM when H % 16 != 0)
-        if (inputs.size() == 14) {  // INT8 router: s * (x . q - z * sum(x))
+        WeightSet wr;
+        if (inputs.size() == 15) {  // 3-bit router (k3): exact f32 dot products, as MatMul3's f32 path
+            wr = weight_set(inputs[1], inputs[12], inputs[13], H, gs_h, "MoE3R router");
+            OPENVINO_ASSERT(wr.N == E, "MoE3R: router ", inputs[1].get_shape(), " does not have E=", E, " rows");
+            const Table Tr = make_table(inputs[14].data(), inputs[14].get_element_type() == ov::element::f32,
+                                        wr.z_scalar);
+            const int64_t Kp = wr.Kb * BLOCK;
+            if (Kp != H) {  // the kernels read whole 32-value blocks: zero-padded rows
+                sc.xpad.resize(T * Kp);
+                pad_rows(x0, H, T, H, Kp, sc.xpad.data());
+                x0 = sc.xpad.data();
+            }
+            ldx = Kp;
+            if (wr.z) {  // per-group zero points: the kernels subtract z * (group sum of x)
+                sc.xsum.resize(T * wr.G);
+                group_sums(x0, Kp, T, H, wr.G, sc.xsum.data());
+            }
+            const float* xs_all = wr.z ? sc.xsum.data() : nullptr;
+            const float* xbase = x0;
+            rows = [&, Tr, Kp, xs_all, xbase](const float* xs, int64_t nt, int64_t e0, int64_t e1, float* out) {
+                const int64_t t0 = (xs - xbase) / Kp;
+                rows_product(Kr, wr.slice(0), Tr, xs, Kp, nt, xs_all ? xs_all + t0 * wr.G : nullptr, e0, e1, out + e0,
+                             E);
+            };
+        } else if (inputs.size() == 14) {  // INT8 router: s * (x . q - z * sum(x))
             const uint8_t* q = static_cast<const uint8_t*>(inputs[1].data());
             const float* rs = static_cast<const float*>(inputs[12].data());
             const float* rz = static_cast<const float*>(inputs[13].data());

@@ -267,10 +267,26 @@ def _router_int8(output, e: int, h: int):
     return (np.ascontiguousarray(q), np.ascontiguousarray(s, dtype=np.float32), np.ascontiguousarray(z, dtype=np.float32))
 
 
-def _router_weight(logits, x, e: int, h: int, layout: str):
+def _router_k3(output, e: int, h: int, group_size: int, transpose_b: bool, layout: str):
+    """``(W k3, S, Z, C)`` when the router weight is a u3 decompression subgraph (upstream INT3_SYM compresses the
+    router like every other MatMul) of the experts' group size in the MatMul's orientation, else None (the weight is
+    then folded to f32)."""
+    try:
+        w = parse(output, layout)
+    except (LookupError, Unsupported):
+        return None
+    if w.lead or (w.n, w.k) != (e, h) or w.transposed == transpose_b:
+        return None
+    if w.group_size != (group_size if group_size <= h else h):
+        return None
+    return w.kernel_operands()
+
+
+def _router_weight(logits, x, e: int, h: int, layout: str, group_size: int):
     """The router weight when ``logits = MatMul(x, const W)`` feeds only the router Softmax (so that MoE3R can compute
     the logits itself): ``(q u8 [E, H], s f32 [E], z f32 [E])`` for an INT8_ASYM per-row router (kept in 8 bits),
-    else W_r f32 [E, H]. Raises Unsupported otherwise (MoE3 then takes the logits)."""
+    ``(W, S, Z, C)`` k3 operands for a u3 router with the experts' group size (kept in 3 bits), else W_r f32 [E, H].
+    Raises Unsupported otherwise (MoE3 then takes the logits)."""
     mm = logits.get_node()
     if tname(mm) != "MatMul":
         raise Unsupported(f"router logits come from {tname(mm)}, not a MatMul (e.g. a router bias)")
@@ -285,6 +301,9 @@ def _router_weight(logits, x, e: int, h: int, layout: str):
         int8 = _router_int8(mm.input(1).get_source_output(), e, h)
         if int8 is not None:
             return int8
+    k3 = _router_k3(mm.input(1).get_source_output(), e, h, group_size, bool(attrs.get("transpose_b")), layout)
+    if k3 is not None:
+        return k3
     w = _fold_f32(mm.input(1).get_source_output(), layout)
     if w.ndim != 2:
         raise Unsupported(f"router weight of rank {w.ndim}")
@@ -312,17 +331,19 @@ def _rewrite_moe(model, factory, layout, stats, fuse_router: bool = True):
         router = None
         if fuse_router:
             try:
-                router = _router_weight(m["logits"], m["x"], m["e"], m["h"], layout)
+                router = _router_weight(m["logits"], m["x"], m["e"], m["h"], layout, int(m["group_size"]))
             except Unsupported as why:
                 logger.info("MoE block at %s: router stays outside (MoE3 takes its logits): %s",
                             node.get_friendly_name(), why)
-        int8 = isinstance(router, tuple)  # (q, s, z): INT8 router -> inputs 1, 12, 13
-        ops_in = [m["x"], m["logits"] if router is None else _consts((router[0] if int8 else router,))[0]]
+        # router forms: None (MoE3 takes the logits), f32 [E, H], (q, s, z) INT8 -> inputs 1, 12, 13, (W, S, Z, C)
+        # 3-bit k3 -> inputs 1, 12, 13, 14
+        packed = isinstance(router, tuple)
+        ops_in = [m["x"], m["logits"] if router is None else _consts((router[0] if packed else router,))[0]]
         for w in (m["wg"], m["wu"], m["wd"]):
             wk, s, z, _ = w.kernel_operands()
             ops_in += _consts((wk, s, z))
         ops_in += _consts((m["wg"].codebook,))
-        if int8:
+        if packed:
             ops_in += _consts(router[1:])
         op_type = "MoE3R" if router is not None else "MoE3"
         moe = factory.create(op_type, ops_in, {"top_k": int(m["top_k"]), "normalize_topk": bool(m["normalize"]),
