@@ -4,8 +4,9 @@
     * tiled MoE blocks whose routed experts are u3 (gate / up / down ``[E, N, K]``) -> one ``MoE3R`` op per block
       (routing ``MatMul -> Softmax -> TopK -> [Divide by ReduceSum] -> ScatterElementsUpdate -> Transpose ->
       Reshape -> Multiply -> ReduceSum``, reference ``openvino.md`` §3.2), with the router MatMul inside the op
-      when its weight is a constant subgraph that reads the experts' input (folded to f32 [E, H]); otherwise
-      ``MoE3``, which takes the logits computed by the graph (reason logged);
+      when its weight is a constant subgraph that reads the experts' input (an INT8_ASYM per-row router stays 8-bit,
+      a u3 router with the experts' group size stays 3-bit in the k3 layout, anything else is folded to f32
+      [E, H]); otherwise ``MoE3``, which takes the logits computed by the graph (reason logged);
     * every other u3 decompression subgraph feeding a MatMul with a 2-D weight -> ``MatMul3``;
     * ``fuse=True`` (default): MatMul3 ops reading the same activations with the same K / group size / zero-point
       kind / codebook (q/k/v projections, a shared expert's gate/up) -> one MatMul3 over the concatenated rows +
