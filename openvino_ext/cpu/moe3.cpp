@@ -326,17 +326,26 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
                 x0 = sc.xpad.data();
             }
             ldx = Kp;
-            if (wr.z) {  // per-group zero points: the kernels subtract z * (group sum of x)
-                sc.xsum.resize(T * wr.G);
-                group_sums(x0, Kp, T, H, wr.G, sc.xsum.data());
+            if (T > 8) {  // prefill: the router dequantized once per call ([E, Kp] f32), then the f32 GEMM per chunk
+                sc.wpad.resize(E * Kp);
+                float* wf = sc.wpad.data();
+                parallel_for((E + 15) / 16, [&](int64_t c) {
+                    dequant_rows(Kr, wr.slice(0), Tr, c * 16, std::min<int64_t>(E, c * 16 + 16), wf + c * 16 * Kp);
+                });
+                rows = [&, wf, Kp](const float* xs, int64_t nt, int64_t e0, int64_t e1, float* out) {
+                    Kr.gemm(xs, Kp, nt, wf + e0 * Kp, Kp, (int)(e1 - e0), Kp, out + e0, E);
+                };
+            } else {  // decode: fused unpack + dot (GEMV) over the router rows
+                if (wr.z) {  // per-group zero points: the kernels subtract z * (group sum of x)
+                    sc.xsum.resize(T * wr.G);
+                    group_sums(x0, Kp, T, H, wr.G, sc.xsum.data());
+                }
+                const float* xs_all = wr.z ? sc.xsum.data() : nullptr;
+                rows = [&, Tr, Kp, xs_all](const float* xs, int64_t nt, int64_t e0, int64_t e1, float* out) {
+                    // decode calls pass the first token row: group sums from row 0
+                    rows_product(Kr, wr.slice(0), Tr, xs, Kp, nt, xs_all, e0, e1, out + e0, E);
+                };
             }
-            const float* xs_all = wr.z ? sc.xsum.data() : nullptr;
-            const float* xbase = x0;
-            rows = [&, Tr, Kp, xs_all, xbase](const float* xs, int64_t nt, int64_t e0, int64_t e1, float* out) {
-                const int64_t t0 = (xs - xbase) / Kp;
-                rows_product(Kr, wr.slice(0), Tr, xs, Kp, nt, xs_all ? xs_all + t0 * wr.G : nullptr, e0, e1, out + e0,
-                             E);
-            };
         } else if (inputs.size() == 14) {  // INT8 router: s * (x . q - z * sum(x))
             const uint8_t* q = static_cast<const uint8_t*>(inputs[1].data());
             const float* rs = static_cast<const float*>(inputs[12].data());

@@ -125,17 +125,21 @@ void rows_product(const Kernels& Kn, const Weight& W, const Table& T, const floa
     thread_local std::vector<float> buf;
     const int64_t kp = W.Kb * BLOCK;
     if ((int64_t)buf.size() < TILE_ROWS * kp) buf.resize(TILE_ROWS * kp);
-    // k3 v2 pads rows to 64 values: with G > 1 and K / 32 odd the last block belongs to no group (the dequant
-    // kernels skip it) and must read as zero in the GEMM
-    const int64_t used = W.G == 1 ? W.Kb : W.G * W.bpg;
     for (int64_t n = n0; n < n1; n += TILE_ROWS) {
         const int nr = (int)std::min<int64_t>(TILE_ROWS, n1 - n);
-        Kn.dequant(W, T, n, n + nr, buf.data());
-        if (used < W.Kb)
-            for (int r = 0; r < nr; ++r)
-                std::memset(buf.data() + r * kp + used * BLOCK, 0, (W.Kb - used) * BLOCK * sizeof(float));
+        dequant_rows(Kn, W, T, n, n + nr, buf.data());
         Kn.gemm(x, ldx, M, buf.data(), kp, nr, kp, out + (n - n0), ldo);
     }
+}
+
+void dequant_rows(const Kernels& Kn, const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf) {
+    Kn.dequant(W, T, n0, n1, buf);
+    // k3 v2 pads rows to 64 values: with G > 1 and K / 32 odd the last block belongs to no group (the dequant
+    // kernels skip it) and must read as zero in the GEMM
+    const int64_t kp = W.Kb * BLOCK, used = W.G == 1 ? W.Kb : W.G * W.bpg;
+    if (used < W.Kb)
+        for (int64_t r = 0; r < n1 - n0; ++r)
+            std::memset(buf + r * kp + used * BLOCK, 0, (W.Kb - used) * BLOCK * sizeof(float));
 }
 
 void quantize_rows(const Kernels& Kn, const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs,

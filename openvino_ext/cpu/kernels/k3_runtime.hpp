@@ -38,6 +38,9 @@ void group_sums(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t G, fl
 void rows_product(const Kernels& Kn, const Weight& W, const Table& T, const float* x, int64_t ldx, int64_t M,
                   const float* xs, int64_t n0, int64_t n1, float* out, int64_t ldo);
 
+// buf [(n - n0) * Kb*32 + k] = w[n, k] in f32 for n in [n0, n1), the padded tail of each row zero.
+void dequant_rows(const Kernels& Kn, const Weight& W, const Table& T, int64_t n0, int64_t n1, float* buf);
+
 // int8 activations of M rows (see QAct), owned.
 struct QActBuf {
     std::vector<int8_t> q;
