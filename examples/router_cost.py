@@ -5,9 +5,9 @@ keeps it u8; for MoE3 a stock decompression MatMul) and as upstream INT3_SYM sto
 3 bits, exact f32 dot products). Prints the median time per call and the op's "route" phase (softmax / top-k and,
 for MoE3R, the router GEMM: 1 MB of f32 weights per layer, split over the threads in 16-expert chunks).
 
-    python examples/router_cost.py
+    python examples/router_cost.py [TOKENS]     (default 1: decode; e.g. 128 for a prefill-sized call)
 """
-import ctypes, numpy as np, openvino as ov, openvino_ext, time
+import ctypes, numpy as np, openvino as ov, openvino_ext, sys, time
 from openvino import opset13 as ops
 from openvino.utils.node_factory import NodeFactory
 from openvino_ext import reference as R
@@ -17,6 +17,7 @@ lib.nncf_moe3_profile.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int,
 f = NodeFactory(); f.add_extension(str(openvino_ext.library_path()))
 rng = np.random.default_rng(0)
 E, H, I, gs, k = 128, 2048, 768, 128, 8
+T = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 def case(n, kk):  # small random codes (speed only)
     return R.random_case(rng, n, kk, gs, "int3_sym", lead=(E,))
 g, u, d = case(I, H), case(I, H), case(H, I)
@@ -51,12 +52,12 @@ cfg = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
 reqs = {kx: core.compile_model(m, "CPU", cfg).create_infer_request() for kx, m in models.items()}
 lib.nncf_moe3_profile(None, 1, 1)
 for r in reqs.values():
-    for _ in range(5): r.infer([rng.standard_normal((1, H)).astype(np.float32)])
+    for _ in range(5): r.infer([rng.standard_normal((T, H)).astype(np.float32)])
 times = {kx: [] for kx in reqs}; route = {kx: [] for kx in reqs}
 t6 = (ctypes.c_double * 6)()
-for rnd in range(60):
+for rnd in range(60 if T <= 8 else 12):
     for kx, r in reqs.items():
-        xv = rng.standard_normal((1, H)).astype(np.float32)
+        xv = rng.standard_normal((T, H)).astype(np.float32)
         lib.nncf_moe3_profile(None, 1, 1)
         t = time.perf_counter(); r.infer([xv]); times[kx].append(time.perf_counter() - t)
         lib.nncf_moe3_profile(t6, 1, 0); route[kx].append(t6[0])

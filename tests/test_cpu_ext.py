@@ -396,6 +396,25 @@ def test_moe3_random(ext, isa, t, e, h, inter, gs, k, norm, mode):
     _check(y, ref, isa)
 
 
+@pytest.mark.parametrize("t", [1, 3, 20])
+def test_moe3_routing_ties(ext, isa, t):
+    """Equal router logits: the top-k takes the lower expert index first (the reference's stable order), also when
+    the tie straddles the top-k boundary."""
+    rng = np.random.default_rng(_seed(t, "ties"))
+    e, h, inter, gs, k = 12, 64, 64, 32, 3
+    weights = _moe_case(rng, e, h, inter, gs, "int3_sym")
+    x = rng.standard_normal((t, h)).astype(np.float32)
+    logits = np.zeros((t, e), np.float32)
+    for i in range(t):  # 4 equal top logits at random positions (only 3 are taken), the rest equal and lower
+        logits[i, rng.choice(e, 4, replace=False)] = 1.5
+    y = _moe3_model(ext, h, e, weights, k, True, gs)([x, logits])[0]
+    ref = R.moe3_ref(x, logits, *weights, top_k=k, normalize_topk=True, group_size=gs)
+    _check(y, ref, isa)
+    # the other order would give a different result: the tie decides which experts run
+    idx, _ = R.route(logits, k, True)
+    assert all(list(row) == sorted(row) for row in idx)
+
+
 def _moe3r_model(ext, h, router_weight, weights, top_k, norm, gs):
     factory, core = ext
     x = ops.parameter([-1, h], np.float32)

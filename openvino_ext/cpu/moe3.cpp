@@ -391,8 +391,10 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
             float sum = 0.f;
             for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(l[e] - mx));
             for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+            // the top_k largest p, ties by the lower expert index (the order of a stable sort), O(E log k)
             std::iota(idx.begin(), idx.end(), 0);
-            std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+            std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
+                              [&](int64_t a, int64_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
             float norm = 0.f;
             for (int64_t k = 0; k < top_k; ++k) norm += p[idx[k]];
             for (int64_t k = 0; k < top_k; ++k) {
