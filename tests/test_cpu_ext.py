@@ -574,7 +574,9 @@ def test_moe3r_bad_operands_rejected(ext):
     with pytest.raises(Exception, match="does not hold H"):  # k3 router packed for another hidden size
         w_other = R.random_case(rng, e, h + 64, gs, "int3_sym")[0]
         factory.create("MoE3R", [x.output(0)] + _consts([w_other] + weights + [s3, z3, c3]), attrs)
-    with pytest.raises(Exception, match="router_scale must be f16"):
+    with pytest.raises(Exception, match="router k3 weights must be u8"):
+        factory.create("MoE3R", [x.output(0)] + _consts([w3.astype(np.int8)] + weights + [s3, z3, c3]), attrs)
+    with pytest.raises(Exception, match="router scales must be f16"):
         factory.create("MoE3R", [x.output(0)] + _consts([w3] + weights + [s3.astype(np.int32), z3, c3]), attrs)
     with pytest.raises(Exception, match="codebook must be"):
         factory.create("MoE3R", [x.output(0)] + _consts([w3] + weights + [s3, z3, c3.astype(np.int32)]), attrs)

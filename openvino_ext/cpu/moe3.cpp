@@ -54,16 +54,10 @@ void MoE3::validate_and_infer_types() {
     // the expert count E: dim 1 of the logits [T, E] (MoE3) or dim 0 of the router weight [E, H] (MoE3R)
     const int e_axis = m_router_in_op ? 0 : 1;
     if (m_router_in_op && get_input_size() == 15) {  // 3-bit router: k3 codes [E, Hb, 12] + S, Z [E, G] + C
-        const auto tr = get_input_element_type(1), ts = get_input_element_type(12), tz = get_input_element_type(13);
-        NODE_VALIDATION_CHECK(this, tr.is_dynamic() || tr == ov::element::u8, "k3 router_weight must be u8, got ", tr);
-        NODE_VALIDATION_CHECK(this, ts.is_dynamic() || is_f16_or_f32(ts), "router_scale must be f16 (or f32), got ",
-                              ts);
-        NODE_VALIDATION_CHECK(this, tz.is_dynamic() || tz == ov::element::u8, "router_zero_point must be u8, got ", tz);
+        check_weight_types(this, 1, 12, 13, "router ");
         check_codebook(this, 14);
         NODE_VALIDATION_CHECK(this, ls.rank().is_dynamic() || ls.rank().get_length() == 3,
                               "k3 router_weight must be [E, Hb, 12], got ", ls);
-        if (ls.rank().is_static() && ls[2].is_static())
-            NODE_VALIDATION_CHECK(this, ls[2].get_length() == 12, "k3 router_weight must end in 12 bytes, got ", ls);
         if (ls.rank().is_static() && xs.rank().is_static() && ls[1].is_static() && xs[1].is_static())
             NODE_VALIDATION_CHECK(this, ls[1].get_length() == k3_blocks(xs[1].get_length()), "k3 router_weight ", ls,
                                   " does not hold H = ", xs[1]);

@@ -5,17 +5,18 @@
 
 namespace nncf_moe3 {
 
-void check_weight_types(const ov::Node* node, size_t pw) {
-    using ov::element::Type;
-    const auto tw = node->get_input_element_type(pw), ts = node->get_input_element_type(pw + 1),
-               tz = node->get_input_element_type(pw + 2);
-    NODE_VALIDATION_CHECK(node, tw.is_dynamic() || tw == ov::element::u8, "k3 weights must be u8, got ", tw);
-    NODE_VALIDATION_CHECK(node, ts.is_dynamic() || ts == ov::element::f16 || ts == ov::element::f32,
+void check_weight_types(const ov::Node* node, size_t pw) { check_weight_types(node, pw, pw + 1, pw + 2, ""); }
+
+void check_weight_types(const ov::Node* node, size_t pw, size_t ps, size_t pz, const char* what) {
+    const auto tw = node->get_input_element_type(pw), ts = node->get_input_element_type(ps),
+               tz = node->get_input_element_type(pz);
+    NODE_VALIDATION_CHECK(node, tw.is_dynamic() || tw == ov::element::u8, what, "k3 weights must be u8, got ", tw);
+    NODE_VALIDATION_CHECK(node, ts.is_dynamic() || ts == ov::element::f16 || ts == ov::element::f32, what,
                           "scales must be f16 (or f32), got ", ts);
-    NODE_VALIDATION_CHECK(node, tz.is_dynamic() || tz == ov::element::u8, "zero points must be u8, got ", tz);
+    NODE_VALIDATION_CHECK(node, tz.is_dynamic() || tz == ov::element::u8, what, "zero points must be u8, got ", tz);
     const auto& ws = node->get_input_partial_shape(pw);
     if (ws.rank().is_static() && ws[ws.rank().get_length() - 1].is_static())
-        NODE_VALIDATION_CHECK(node, ws[ws.rank().get_length() - 1].get_length() == k3::BLOCK_BYTES,
+        NODE_VALIDATION_CHECK(node, ws[ws.rank().get_length() - 1].get_length() == k3::BLOCK_BYTES, what,
                               "k3 weights must end in a dimension of 12 bytes, got ", ws);
 }
 

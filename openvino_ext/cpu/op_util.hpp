@@ -11,6 +11,8 @@ namespace nncf_moe3 {
 
 // Type checks of a (W, S, Z) triple at ports (pw, pw+1, pw+2) and the codebook port.
 void check_weight_types(const ov::Node* node, size_t pw);
+// The same for a triple at any ports (MoE3R's 3-bit router: 1, 12, 13); messages start with what (e.g. "router ").
+void check_weight_types(const ov::Node* node, size_t pw, size_t ps, size_t pz, const char* what);
 void check_codebook(const ov::Node* node, size_t pc);
 // The k3_version attribute must equal k3::K3_VERSION (IRs transformed by another build carry another layout).
 void check_k3_version(const ov::Node* node, int64_t version);
