@@ -517,7 +517,8 @@ def main(argv=None):
             ideal = b / (bw * 1e9) + o + out_
             print(f"bound: MoE3 with its weight nodes at the read probe ({bw:.1f} GB/s) and the same other / outside "
                   f"time = {ideal * 1e3:.2f} ms -> stock INT3 / MoE3 <= {anatomy['int3_stock'][0] / ideal:.1f}x in "
-                  f"this run (measured {anatomy['int3_stock'][0] / st:.1f}x)")
+                  f"this run (measured {anatomy['int3_stock'][0] / st:.1f}x; MoE3's weight nodes ran at "
+                  f"{b / w / 1e9:.1f} GB/s = {b / w / 1e9 / bw:.2f} of the probe)")
     if inter:
         print(f"\nMoE-stack decode, all variants in one process, {args.rounds} alternating rounds (median ms/token): "
               + ", ".join(f"{n} {v * 1e3:.2f} ({v / inter['int4']:.2f}x int4)" for n, v in inter.items()))
