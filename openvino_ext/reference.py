@@ -183,10 +183,11 @@ def moe3r_ref(x, router_weight, *weights, router_scale=None, router_zero_point=N
     if router_codebook is not None:
         w = dequantize(router_weight, router_scale, router_zero_point, router_codebook, attrs["group_size"],
                        x.shape[1])
+    elif router_scale is not None:
+        w = np.asarray(router_scale, np.float32)[:, None] * (np.asarray(router_weight, np.float32) -
+                                                             np.asarray(router_zero_point, np.float32)[:, None])
     else:
         w = np.asarray(router_weight, dtype=np.float32)
-    if router_scale is not None and router_codebook is None:
-        w = np.asarray(router_scale, np.float32)[:, None] * (w - np.asarray(router_zero_point, np.float32)[:, None])
     logits = x.astype(np.float64) @ w.T.astype(np.float64)
     return moe3_ref(x, logits.astype(np.float32), *weights, **attrs)
 

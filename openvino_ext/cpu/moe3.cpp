@@ -307,6 +307,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
         // rows(xs, nt, e0, e1, out): logits of router rows [e0, e1) for nt tokens (out = their first logits row)
         std::function<void(const float*, int64_t, int64_t, int64_t, float*)> rows;
         int64_t ldx = H;  // row stride of x0 (the zero-padded copy for the f32 GEMM when H % 16 != 0)
+        const bool router_decode = T <= 8;  // router thread split below: decode by expert chunks, prefill by token chunks
         WeightSet wr;
         if (inputs.size() == 15) {  // 3-bit router (k3): exact f32 dot products, as MatMul3's f32 path
             wr = weight_set(inputs[1], inputs[12], inputs[13], H, gs_h, "MoE3R router");
@@ -320,7 +321,7 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
                 x0 = sc.xpad.data();
             }
             ldx = Kp;
-            if (T > 8) {  // prefill: the router dequantized once per call ([E, Kp] f32), then the f32 GEMM per chunk
+            if (!router_decode) {  // prefill: the router dequantized once per call ([E, Kp] f32), then the f32 GEMM per chunk
                 sc.wpad.resize(E * Kp);
                 float* wf = sc.wpad.data();
                 parallel_for((E + 15) / 16, [&](int64_t c) {
@@ -363,9 +364,9 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
                 Kr.gemm(xs, ld, nt, wr + e0 * ld, ld, (int)(e1 - e0), ld, out + e0, E);
             };
         }
-        if (T <= 8 && E * H < 65536)  // small router, decode: on the calling thread
+        if (router_decode && E * H < 65536)  // small router, decode: on the calling thread
             rows(x0, T, 0, E, lg);
-        else if (T <= 8)  // decode, large router (Qwen3-30B: 128 x 2048): 16-expert chunks over the threads
+        else if (router_decode)  // decode, large router (Qwen3-30B: 128 x 2048): 16-expert chunks over the threads
             parallel_for((E + 15) / 16, [&](int64_t c) { rows(x0, T, c * 16, std::min<int64_t>(E, c * 16 + 16), lg); });
         else  // prefill: 12-token chunks over the threads
             parallel_for((T + 11) / 12, [&](int64_t c) {
