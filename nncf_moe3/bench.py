@@ -19,8 +19,9 @@ after loading the CPU plugin and the extension (a trivial model compiled and run
 acceptance ratios use come from one more process that holds every MoE variant and times them in ``--rounds``
 alternating rounds (drift and noise of this shared VM then hit all variants alike); that process also times
 ``moe3_s4`` (the session-4 op set on the same weights: ``transform(target="gpu")``, MoE3 taking the graph's router
-logits, f32 activation edges) and ``@f32`` rows (INFERENCE_PRECISION_HINT=f32; MoE3 from an IR transformed with
-``activations="f32"``).
+logits, f32 activation edges) and ``@f32`` rows: INT4, stock INT3 and MoE3 (from an IR transformed with
+``activations="f32"``) under INFERENCE_PRECISION_HINT=f32, the CPU plugin's precision on CPUs without native bf16 / f16
+(there stock INT3 computes with its f32-folded weights); the acceptance ratios are printed for both executions.
 
 GB/s = bytes of compressed weights read per token (attention + router + the experts actually selected, codes +
 scales + zero points, in the variant's storage format; for ``int3_stock`` the 3-bit size although OV reads its
@@ -347,7 +348,8 @@ def interleaved_child(spec: dict) -> dict:
     cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": spec["threads"], "NUM_STREAMS": 1}
     reqs = {n: core.compile_model(core.read_model(p), "CPU", cfg).create_infer_request()
             for n, p in spec["paths"].items()}
-    # informational: INT4 and MoE3 (the IR transformed with f32 activation edges) under INFERENCE_PRECISION_HINT=f32
+    # f32 execution (INFERENCE_PRECISION_HINT=f32 = the CPU plugin's default on CPUs without native bf16/f16): INT4,
+    # stock INT3 and MoE3 (the IR transformed with f32 activation edges)
     for n, p in spec.get("f32_paths", {}).items():
         reqs[n + "@f32"] = core.compile_model(core.read_model(p), "CPU",
                                              dict(cfg, INFERENCE_PRECISION_HINT="f32")).create_infer_request()
@@ -455,7 +457,7 @@ def main(argv=None):
     inter = None
     if args.rounds:
         paths = {name: m["path"] for (workload, name), m in meta.items() if workload == "moe"}
-        f32_paths = {n: p for n, p in paths.items() if n == "int4"}
+        f32_paths = {n: p for n, p in paths.items() if n in ("int4", "int3_stock")}
         if "moe3" in paths and "moe3_f32act" in extra:
             f32_paths["moe3"] = extra["moe3_f32act"]  # under an f32 hint: the IR with f32 activation edges
         if "moe3" in paths and "moe3_s4" in extra:
@@ -523,10 +525,13 @@ def main(argv=None):
         print(f"\nMoE-stack decode, all variants in one process, {args.rounds} alternating rounds (median ms/token): "
               + ", ".join(f"{n} {v * 1e3:.2f} ({v / inter['int4']:.2f}x int4)" for n, v in inter.items()))
         if "moe3@f32" in inter and "int4@f32" in inter:
-            print(f"  with INFERENCE_PRECISION_HINT=f32 for both (MoE3: the IR with f32 activation edges): "
+            stock32 = (f", int3_stock@f32 / moe3@f32 = {inter['int3_stock@f32'] / inter['moe3@f32']:.1f}x"
+                       if "int3_stock@f32" in inter else "")
+            print(f"  with INFERENCE_PRECISION_HINT=f32 for all (MoE3: the IR with f32 activation edges): "
                   f"moe3@f32 / int4 = {inter['moe3@f32'] / inter['int4']:.2f}, "
                   f"moe3@f32 / int4@f32 = {inter['moe3@f32'] / inter['int4@f32']:.2f}, "
-                  f"int3_stock / moe3@f32 = {inter.get('int3_stock', float('nan')) / inter['moe3@f32']:.1f}x")
+                  f"int3_stock / moe3@f32 = {inter.get('int3_stock', float('nan')) / inter['moe3@f32']:.1f}x"
+                  + stock32)
         if "moe3_s4" in inter and "moe3" in inter:
             print(f"  moe3_s4 = the session-4 op set on the same IR (transform target 'gpu': MoE3 taking the graph's "
                   f"router logits, f32 activation edges): moe3 / moe3_s4 = {inter['moe3'] / inter['moe3_s4']:.2f}")
@@ -542,6 +547,11 @@ def main(argv=None):
               f"decode moe3/int4 = {dec['moe3'] / dec['int4']:.2f} (target <= 0.45); " + stock +
               f"memory moe3/int4 = {moe['moe3']['rss_mb'] / moe['int4']['rss_mb']:.2f} (target <= 0.8); "
               f"prefill moe3/int4 = {moe['moe3']['prefill'] / moe['int4']['prefill']:.2f} (target <= 0.6)")
+        if inter and all(f"{n}@f32" in inter for n in ("int4", "int3_stock", "moe3")):
+            print(f"acceptance decode ratios in f32 execution (INFERENCE_PRECISION_HINT=f32 for every variant: the "
+                  f"CPU plugin's default on CPUs without native bf16/f16; stock INT3 then computes with its "
+                  f"f32-folded weights): moe3/int4 = {inter['moe3@f32'] / inter['int4@f32']:.2f} (target <= 0.45); "
+                  f"int3_stock/moe3 = {inter['int3_stock@f32'] / inter['moe3@f32']:.1f}x (target >= 5)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -35,6 +35,10 @@ def test_bench_cli_tiny_stack(tmp_path):
     acc = re.search(r"acceptance .*decode moe3/int4 = ([\d.]+).*int3_stock/moe3 = ([\d.]+)x.*memory moe3/int4 = "
                     r"([\d.]+).*prefill moe3/int4 = ([\d.]+)", out)
     assert acc and "targets are set for the default" in out, out
+    # f32 execution: every variant (stock INT3 included) timed again under INFERENCE_PRECISION_HINT=f32
+    acc32 = re.search(r"acceptance decode ratios in f32 execution .*moe3/int4 = ([\d.]+) .*int3_stock/moe3 = ([\d.]+)x",
+                      out)
+    assert acc32 and float(acc32[1]) > 0 and float(acc32[2]) > 0, out
     # a second run reuses the IRs written by the first (--keep)
     res2 = subprocess.run(cmd[:-2] + ["--keep", str(tmp_path / "ir"), "--only", "moe/moe3"], capture_output=True,
                           text=True, timeout=600)
