@@ -313,6 +313,12 @@ def child(spec: dict) -> dict:
 
         warm = 2  # the first inference includes one-time work (the ops' huge-page weight copies)
         steps = []
+        if prof:  # the ops' own evaluate() time in the same inferences (C entry points; profiling is on)
+            import ctypes
+
+            pm = ctypes.CDLL(str(openvino_ext.library_path())).nncf_moe3_profile_matmul3
+            pm.restype = ctypes.c_int64
+            pm.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
         for i, x in enumerate(xs):
             t = time.perf_counter()
             req2.infer([x])
@@ -320,7 +326,14 @@ def child(spec: dict) -> dict:
                 steps.append(time.perf_counter() - t)
             if i == warm - 1:
                 before = totals()
+                if prof:
+                    prof(None, 1, 0)
+                    pm(None, 1)
         after = totals()
+        if prof:
+            t6, mm = (ctypes.c_double * 6)(), ctypes.c_double()
+            calls = {"MoE3": prof(t6, 1, 0), "MatMul3": pm(ctypes.byref(mm), 1)}
+            out["decode_eval"] = {"MoE3": (t6[5], calls["MoE3"]), "MatMul3": (mm.value, calls["MatMul3"])}
         n = len(xs)
         for kind, mean_all in after.items():  # per-token mean over the inferences after the warm-up
             agg[kind] = (mean_all * n - before.get(kind, 0.0) * warm) / (n - warm)
@@ -328,6 +341,9 @@ def child(spec: dict) -> dict:
         # the same inferences' wall time per token (mean, as the node times): step - sum(nodes) = the CPU plugin's
         # per-inference work outside any node (graph walk, dynamic-shape updates, infer-request overhead)
         out["decode_nodes_step"] = float(np.mean(steps))
+        if "decode_eval" in out:  # -> per call: node time (PERF_COUNT) - evaluate() time = the plugin's per-node work
+            n_tok = n - warm
+            out["decode_eval"] = {k: (sec / n_tok, c / n_tok) for k, (sec, c) in out["decode_eval"].items()}
     return out
 
 
@@ -514,6 +530,19 @@ def main(argv=None):
         for name, (st, w, o, out_, b) in anatomy.items():
             gbs = "-" if name == "int3_stock" else f"{b / w / 1e9:.1f}"  # stock INT3 reads bf16-folded weights
             print(f"| {name} | {st * 1e3:.2f} | {w * 1e3:.2f} | {o * 1e3:.2f} | {out_ * 1e3:.2f} | {gbs} |")
+        for (workload, name), (m, r) in rows.items():
+            if "decode_eval" in r and "decode_nodes" in r:
+                parts = []
+                for kind, (sec, calls) in r["decode_eval"].items():
+                    node = r["decode_nodes"].get(kind)
+                    if node is not None and calls > 0:
+                        parts.append(f"{kind} {node * 1e3:.2f} ms in {calls:.0f} nodes vs {sec * 1e3:.2f} ms in "
+                                     f"evaluate() = {(node - sec) / calls * 1e6:.0f} us per call")
+                if parts:
+                    print(f"{name} extension nodes per token (PERF_COUNT vs the ops' own evaluate time, same "
+                          f"inferences): " + "; ".join(parts) + " (the CPU plugin's work per extension node: its "
+                          "shape-inference fallback, re-run on every inference and on cold caches after the "
+                          "weight streams - openvino_ext/cpu/tools/fallback_bench.cpp)")
         if "moe3" in anatomy and "int3_stock" in anatomy:
             st, w, o, out_, b = anatomy["moe3"]
             ideal = b / (bw * 1e9) + o + out_

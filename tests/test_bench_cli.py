@@ -32,6 +32,9 @@ def test_bench_cli_tiny_stack(tmp_path):
         assert rows[(w, "int3_stock")]["mb"] > 2 * rows[(w, "moe3")]["mb"], out
     assert "decode step anatomy" in out and re.search(r"\| moe3 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \|", out)
     assert re.search(r"stock INT3 / MoE3 <= [\d.]+x", out)
+    # the plugin's work per extension node, from the same PERF_COUNT inferences as the ops' own evaluate() time
+    assert re.search(r"moe3 extension nodes per token .*MoE3 [\d.]+ ms in 1 nodes vs [\d.]+ ms in evaluate\(\) = "
+                     r"-?\d+ us per call; MatMul3 [\d.]+ ms in 2 nodes", out), out
     acc = re.search(r"acceptance .*decode moe3/int4 = ([\d.]+).*int3_stock/moe3 = ([\d.]+)x.*memory moe3/int4 = "
                     r"([\d.]+).*prefill moe3/int4 = ([\d.]+)", out)
     assert acc and "targets are set for the default" in out, out
