@@ -259,13 +259,15 @@ def child(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     k = spec["k"]
     out = {"compile_s": compile_s}
-    prof = None
-    if spec["custom"]:  # time spent inside the MoE3 ops (extension's per-phase profile, C entry point)
+    prof = pm = None
+    if spec["custom"]:  # time spent inside the MoE3 / MatMul3 ops (the extension's profile, C entry points)
         import ctypes
 
-        prof = ctypes.CDLL(str(openvino_ext.library_path())).nncf_moe3_profile
-        prof.restype = ctypes.c_int64
+        lib = ctypes.CDLL(str(openvino_ext.library_path()))
+        prof, pm = lib.nncf_moe3_profile, lib.nncf_moe3_profile_matmul3
+        prof.restype = pm.restype = ctypes.c_int64
         prof.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int, ctypes.c_int]
+        pm.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
         prof(None, 1, 1)
     for label, tokens, iters in spec["runs"]:
         if spec["ids"]:
@@ -275,8 +277,6 @@ def child(spec: dict) -> dict:
         for x in xs[:2]:
             req.infer([x])
         if prof:
-            import ctypes
-
             t6 = (ctypes.c_double * 6)()
             prof(None, 1, 0)
         times, moe3 = [], []
@@ -313,12 +313,6 @@ def child(spec: dict) -> dict:
 
         warm = 2  # the first inference includes one-time work (the ops' huge-page weight copies)
         steps = []
-        if prof:  # the ops' own evaluate() time in the same inferences (C entry points; profiling is on)
-            import ctypes
-
-            pm = ctypes.CDLL(str(openvino_ext.library_path())).nncf_moe3_profile_matmul3
-            pm.restype = ctypes.c_int64
-            pm.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int]
         for i, x in enumerate(xs):
             t = time.perf_counter()
             req2.infer([x])
@@ -326,16 +320,16 @@ def child(spec: dict) -> dict:
                 steps.append(time.perf_counter() - t)
             if i == warm - 1:
                 before = totals()
-                if prof:
+                if prof:  # the ops' own evaluate() time from here on, in the same inferences as the node times
                     prof(None, 1, 0)
                     pm(None, 1)
         after = totals()
-        if prof:  # per token: seconds in evaluate() and calls, of MoE3 and of MatMul3
-            t6, mm, n_tok = (ctypes.c_double * 6)(), ctypes.c_double(), len(xs) - warm
-            moe3_calls, mm_calls = prof(t6, 1, 0), pm(ctypes.byref(mm), 1)
-            out["decode_eval"] = {"MoE3": (t6[5] / n_tok, moe3_calls / n_tok), "MatMul3": (mm.value / n_tok,
-                                                                                            mm_calls / n_tok)}
         n = len(xs)
+        if prof:  # per token: seconds in evaluate() and calls, of MoE3 and of MatMul3
+            t6, mm = (ctypes.c_double * 6)(), ctypes.c_double()
+            moe3_calls, mm_calls = prof(t6, 1, 0), pm(ctypes.byref(mm), 1)
+            out["decode_eval"] = {"MoE3": (t6[5] / (n - warm), moe3_calls / (n - warm)),
+                                  "MatMul3": (mm.value / (n - warm), mm_calls / (n - warm))}
         for kind, mean_all in after.items():  # per-token mean over the inferences after the warm-up
             agg[kind] = (mean_all * n - before.get(kind, 0.0) * warm) / (n - warm)
         out["decode_nodes"] = dict(sorted(agg.items(), key=lambda kv: -kv[1]))
