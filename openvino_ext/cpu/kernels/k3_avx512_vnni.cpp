@@ -126,6 +126,17 @@ struct Unpack {
         // integer codebooks: level = code; otherwise the 64-entry byte LUT
         return LUT ? _mm512_permutexvar_epi8(c, lut) : c;
     }
+    // the same with the unpack variant fixed at compile time (decode GEMV: no per-super-block test of gf):
+    // LV bit 0 = LUT, bit 1 = GFNI
+    template <int LV>
+    inline __m512i levels_of(const uint8_t* sp) const {
+        const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
+        uint64_t hi;
+        std::memcpy(&hi, sp + 16, 8);
+        const __m512i q = (LV & 2) ? _mm512_gf2p8affine_epi64_epi8(v, gfm, 0) : _mm512_and_si512(_mm512_srlv_epi32(v, shifts), three);
+        const __m512i c = _mm512_mask_add_epi8(q, _cvtu64_mask64(hi), q, four);
+        return (LV & 1) ? _mm512_permutexvar_epi8(c, lut) : c;
+    }
 };
 
 inline float scale_at(const Weight& W, int64_t i) { return W.sf ? W.sf[i] : _cvtsh_ss(W.s[i]); }
@@ -176,16 +187,28 @@ inline void prefetch_factors(const Weight& W, int64_t n, int64_t n1) {
         for (int64_t i = 0; i < rows * W.G; i += 64) _mm_prefetch(reinterpret_cast<const char*>(W.z + n * W.G + i), _MM_HINT_T0);
 }
 
-// Up to 16 consecutive per-group factors starting at group index i (= n * G + g) under mask k:
+// 16 consecutive per-group factors starting at group index i (= n * G + g); lanes outside mask k are undefined:
 // sv = s / alpha, zo = off + alpha * z (zo = off without per-group zero points).
+// Plain 16-lane loads wherever they stay inside the [N][G] tensor (lanes past the row then hold the next row's
+// scales, ignored by the callers): an AVX-512 masked load whose line is not yet in L1 costs the decode GEMV
+// ~15 % on Zen 5 (l2-resident: no difference), so the mask is used only at the tensor's end.
 inline void group_factors(const Weight& W, const Levels& L, int64_t i, __mmask16 k, __m512& sv, __m512& zo) {
-    sv = W.sf ? _mm512_maskz_loadu_ps(k, W.sf + i) : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, W.s + i));
+    const bool full = i + 16 <= W.N * W.G;
+    if (W.sf)
+        sv = full ? _mm512_loadu_ps(W.sf + i) : _mm512_maskz_loadu_ps(k, W.sf + i);
+    else
+        sv = _mm512_cvtph_ps(full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W.s + i))
+                                  : _mm256_maskz_loadu_epi16(k, W.s + i));
     sv = _mm512_mul_ps(sv, _mm512_set1_ps(L.inv_alpha));
     zo = _mm512_set1_ps(L.off);
-    if (W.z)
-        zo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, W.z + i))),
-                             _mm512_set1_ps(L.alpha), zo);
+    if (W.z) {
+        const __m128i z = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(W.z + i)) : _mm_maskz_loadu_epi8(k, W.z + i);
+        zo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(z)), _mm512_set1_ps(L.alpha), zo);
+    }
 }
+
+// Stride of a token's factors in row_factors' buffers: Q8_MAX_G + 16 lanes, so that every store is a full vector.
+constexpr int64_t ROW_FS = Q8_MAX_G + 16;
 
 // Per-row group factors f[m][g] = s_g / alpha * dx[m][g] (vectorized over groups) and the terms of the zero-point /
 // level-offset correction c[m][g] = f[m][g] * (off + alpha * z_g) * sum_q[m][g] (row1 starts its accumulator at
@@ -199,19 +222,20 @@ inline void row_factors(const Weight& W, const Levels& L, const TokX& X, int64_t
         group_factors(W, L, n * W.G + g, k, s, zo);
         for (int m = 0; m < M; ++m) {
             const __m512 fm = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, X.dx[m] + g));
-            _mm512_mask_storeu_ps(f + m * Q8_MAX_G + g, k, fm);
-            _mm512_mask_storeu_ps(c + m * Q8_MAX_G + g, k,
-                                  _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_maskz_loadu_ps(k, X.sum[m] + g)));
+            _mm512_storeu_ps(f + m * ROW_FS + g, fm);  // ROW_FS: 16 lanes of padding per token
+            _mm512_storeu_ps(c + m * ROW_FS + g, _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_maskz_loadu_ps(k, X.sum[m] + g)));
         }
     }
 }
 
-// -(c[0] + ... + c[G-1]) as 16 lanes whose sum is the negated correction (the start of a row's accumulator)
+// -(c[0] + ... + c[G-1]) as 16 lanes whose sum is the negated correction (the start of a row's accumulator); the
+// buffers have 16 readable lanes past any c + G, so the tail is a full load masked in registers (masked loads
+// from memory are slow on AMD Zen, see group_factors).
 inline __m512 neg_corr(const float* c, int64_t G) {
     __m512 t = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g += 16) {
         const int rem = G - g < 16 ? (int)(G - g) : 16;
-        t = _mm512_sub_ps(t, _mm512_maskz_loadu_ps((__mmask16)((1u << rem) - 1u), c + g));
+        t = _mm512_mask_sub_ps(t, (__mmask16)((1u << rem) - 1u), t, _mm512_loadu_ps(c + g));
     }
     return t;
 }
@@ -224,7 +248,7 @@ inline __m512 neg_corr(const float* c, int64_t G) {
 // hardware prefetchers follow it; measured on a Zen 4 VM, K = 2048, 1 thread from DRAM: 4 interleaved rows
 // 8 GB/s, 1 row 12 GB/s), plus a software prefetch ~3 KB ahead. For M = 1 two accumulators alternate along K
 // so that the vpdpbusd latency (4-5 cycles) does not bound the loop.
-template <int M, bool LUT, int BPG>
+template <int M, int LV, int BPG>
 inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int64_t fs, const TokX& X, __m512* tot,
                  const Unpack& U) {
     const int64_t bpg = BPG ? BPG : W.bpg;  // blocks per group (compile-time for group sizes 64 / 128)
@@ -244,7 +268,7 @@ inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int
         int64_t b = g * bpg;
         const int64_t b1 = b + bpg;
         if (b & 1) {  // odd block: upper half of super-block b - 1 (activations shifted, lower half masked)
-            const __m512i lv = U.levels<LUT>(p + (b - 1) * BLOCK_BYTES);
+            const __m512i lv = U.levels_of<LV>(p + (b - 1) * BLOCK_BYTES);
             __m512i xv = _mm512_maskz_loadu_epi8(HIGH_HALF, x0 + (b - 1) * BLOCK);
             K3_DPBUSD(a0, lv, xv);
             if (M > 1) {
@@ -264,14 +288,14 @@ inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int
         if (M == 1)
             for (; b + 4 <= b1; b += 4) {
                 if (K3_PF_BYTES) _mm_prefetch((const char*)(p + b * BLOCK_BYTES + pf), K3_PF_HINT);
-                const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES), lw = U.levels<LUT>(p + (b + 2) * BLOCK_BYTES);
+                const __m512i lv = U.levels_of<LV>(p + b * BLOCK_BYTES), lw = U.levels_of<LV>(p + (b + 2) * BLOCK_BYTES);
                 const __m512i xa = _mm512_loadu_si512(x0 + b * BLOCK), xb = _mm512_loadu_si512(x0 + (b + 2) * BLOCK);
                 K3_DPBUSD(a0, lv, xa);
                 K3_DPBUSD(c0, lw, xb);
             }
         for (; b + 2 <= b1; b += 2) {
             if (K3_PF_BYTES) _mm_prefetch((const char*)(p + b * BLOCK_BYTES + pf), K3_PF_HINT);
-            const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES);
+            const __m512i lv = U.levels_of<LV>(p + b * BLOCK_BYTES);
             __m512i xv = _mm512_loadu_si512(x0 + b * BLOCK);
             K3_DPBUSD(a0, lv, xv);
             if (M > 1) {
@@ -288,7 +312,7 @@ inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int
             }
         }
         if (b < b1) {  // one even block left (group size 32, 96, ...): lower half of its super-block
-            const __m512i lv = U.levels<LUT>(p + b * BLOCK_BYTES);
+            const __m512i lv = U.levels_of<LV>(p + b * BLOCK_BYTES);
             const __mmask64 k = LOW_HALF;
             __m512i xv = _mm512_maskz_loadu_epi8(k, x0 + b * BLOCK);
             K3_DPBUSD(a0, lv, xv);
@@ -356,7 +380,7 @@ inline void make_rep(const Weight& W, const TokX& X, FactorRep& fr) {
 }
 
 // f[m][r*G + g] and the correction terms c[m][r*G + g] (see row_factors) for rows n..n+3 in one pass over their
-// 4G contiguous scales
+// 4G contiguous scales; token m's factors start at m * REP (full-vector stores: 4G <= REP - 16 when fr.on)
 template <int M>
 inline void block_factors(const Weight& W, const Levels& L, const FactorRep& fr, int64_t n, float* f, float* c) {
     const int64_t len = 4 * W.G;
@@ -367,26 +391,26 @@ inline void block_factors(const Weight& W, const Levels& L, const FactorRep& fr,
         group_factors(W, L, n * W.G + i, k, sv, zo);
         for (int m = 0; m < M; ++m) {
             const __m512 fm = _mm512_mul_ps(sv, _mm512_load_ps(fr.dx[m] + i));
-            _mm512_mask_storeu_ps(f + m * len + i, k, fm);
-            _mm512_mask_storeu_ps(c + m * len + i, k, _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_load_ps(fr.sum[m] + i)));
+            _mm512_storeu_ps(f + m * REP + i, fm);
+            _mm512_storeu_ps(c + m * REP + i, _mm512_mul_ps(_mm512_mul_ps(fm, zo), _mm512_load_ps(fr.sum[m] + i)));
         }
     }
 }
 
 // R consecutive rows (one after the other in memory), factors computed before, horizontal sums batched by 4
-template <int M, int R, bool LUT, int BPG>
+template <int M, int R, int LV, int BPG>
 inline void row_block(const Weight& W, int64_t n, const Levels& L, const TokX& X, const FactorRep& fr, float* y,
                       int64_t ldy, const Unpack& U) {
     __m512 tot[R][M];
     if (R == 4 && fr.on) {
-        alignas(64) float f[M * REP], c[M * REP];  // [M][4G]
+        alignas(64) float f[M * REP + 16], c[M * REP + 16];  // [M][REP]: rows' 4G factors, then padding
         block_factors<M>(W, L, fr, n, f, c);
-        for (int r = 0; r < R; ++r) row1<M, LUT, BPG>(W, n + r, f + r * W.G, c + r * W.G, 4 * W.G, X, tot[r], U);
+        for (int r = 0; r < R; ++r) row1<M, LV, BPG>(W, n + r, f + r * W.G, c + r * W.G, REP, X, tot[r], U);
     } else {
-        alignas(64) float f[M * Q8_MAX_G], c[M * Q8_MAX_G];  // [M][G], reused row by row
+        alignas(64) float f[M * ROW_FS], c[M * ROW_FS];  // [M][G + padding], reused row by row
         for (int r = 0; r < R; ++r) {
             row_factors<M>(W, L, X, n + r, f, c);
-            row1<M, LUT, BPG>(W, n + r, f, c, Q8_MAX_G, X, tot[r], U);
+            row1<M, LV, BPG>(W, n + r, f, c, ROW_FS, X, tot[r], U);
         }
     }
     for (int m = 0; m < M; ++m) {
@@ -401,7 +425,7 @@ inline void row_block(const Weight& W, int64_t n, const Levels& L, const TokX& X
 }
 
 // rows [n0, n1) of Wa (-> ya) and, when Wb is set, of Wb (-> yb; fused gate + up: one task, row n of both)
-template <int M, bool LUT>
+template <int M, int LV>
 void gemv_m(const Weight& Wa, const Weight* Wb, const Levels& L, const TokX& X, int64_t n0, int64_t n1, float* ya,
             float* yb, int64_t ldy, const Unpack& U) {
     FactorRep fr;
@@ -414,34 +438,36 @@ void gemv_m(const Weight& Wa, const Weight* Wb, const Levels& L, const TokX& X, 
         for (; n + 4 <= n1; n += 4) {
             prefetch_factors(*W, n + 8, n1);
             if (W->bpg == 4)
-                row_block<M, 4, LUT, 4>(*W, n, L, X, fr, y + (n - n0), ldy, U);
+                row_block<M, 4, LV, 4>(*W, n, L, X, fr, y + (n - n0), ldy, U);
             else if (W->bpg == 2)
-                row_block<M, 4, LUT, 2>(*W, n, L, X, fr, y + (n - n0), ldy, U);
+                row_block<M, 4, LV, 2>(*W, n, L, X, fr, y + (n - n0), ldy, U);
             else
-                row_block<M, 4, LUT, 0>(*W, n, L, X, fr, y + (n - n0), ldy, U);
+                row_block<M, 4, LV, 0>(*W, n, L, X, fr, y + (n - n0), ldy, U);
         }
-        for (; n < n1; ++n) row_block<M, 1, LUT, 0>(*W, n, L, X, fr, y + (n - n0), ldy, U);
+        for (; n < n1; ++n) row_block<M, 1, LV, 0>(*W, n, L, X, fr, y + (n - n0), ldy, U);
     }
 }
 
-template <bool LUT>
+template <int LV>
 void gemv_any(const Weight& Wa, const Weight* Wb, const Levels& L, const TokX& X, int M, int64_t n0, int64_t n1,
               float* ya, float* yb, int64_t ldy) {
     const Unpack U(L);
     switch (M) {
-    case 1: gemv_m<1, LUT>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
-    case 2: gemv_m<2, LUT>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
-    case 3: gemv_m<3, LUT>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
-    default: gemv_m<4, LUT>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
+    case 1: gemv_m<1, LV>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
+    case 2: gemv_m<2, LV>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
+    case 3: gemv_m<3, LV>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
+    default: gemv_m<4, LV>(Wa, Wb, L, X, n0, n1, ya, yb, ldy, U); break;
     }
 }
 
 void gemv_pair(const Weight& Wa, const Weight* Wb, const Levels& L, const TokX& X, int M, int64_t n0, int64_t n1,
                float* ya, float* yb, int64_t ldy) {
-    if (L.ident)
-        gemv_any<false>(Wa, Wb, L, X, M, n0, n1, ya, yb, ldy);
-    else
-        gemv_any<true>(Wa, Wb, L, X, M, n0, n1, ya, yb, ldy);
+    switch ((L.ident ? 0 : 1) | (use_gfni() ? 2 : 0)) {
+    case 0: gemv_any<0>(Wa, Wb, L, X, M, n0, n1, ya, yb, ldy); break;
+    case 1: gemv_any<1>(Wa, Wb, L, X, M, n0, n1, ya, yb, ldy); break;
+    case 2: gemv_any<2>(Wa, Wb, L, X, M, n0, n1, ya, yb, ldy); break;
+    default: gemv_any<3>(Wa, Wb, L, X, M, n0, n1, ya, yb, ldy); break;
+    }
 }
 
 // ------------------------------------------------------------------------------------------------------------
