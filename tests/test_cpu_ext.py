@@ -100,6 +100,8 @@ MATMUL_CASES = [  # (tokens, N, K, group_size, mode)
     (1, 21, 288, 96, "int3_asym"),  # 3 blocks per group: groups start at odd blocks (upper half of a super-block)
     (9, 21, 288, 96, "nf3"),
     (6, 13, 160, 32, "int3_sym"),  # K / 32 odd: the last block is padding of the 64-value super-block
+    (1, 9, 2304, 32, "int3_asym"),  # 72 groups per row (> 64): per-row factor passes, a partial 16-group chunk
+    (3, 6, 4128, 32, "nf3"),  # 129 groups per row, the last row's tail chunk at the end of the scale tensor
 ]
 
 
