@@ -32,14 +32,17 @@ def register(core, device: str | None = None):
     return _register(core, device)
 
 
-def transform(model, target: str = "cpu", *, fuse: bool = True, activations: str | None = None):
+def transform(model, target: str = "cpu", *, fuse: bool = True, activations: str | None = None,
+              pack: bool | None = None):
     """Rewrite u3 decompression subgraphs: ``"cpu"`` -> MatMul3 / MoE3R (router inside) / MoE3 ops (``fuse``: MatMul3
     ops sharing their input, e.g. q/k/v, merged into one), ``"gpu"`` -> MatMul3 / MoE3 (the GPU custom layer's ops),
     ``"widen"`` -> u4 (stock plugins). ``activations`` ("f32" | "bf16", target "cpu"): the ops' activation type,
-    default bf16 where the CPU plugin runs bf16 by default (see :func:`openvino_ext.transformations.transform`)."""
+    default bf16 where the CPU plugin runs bf16 by default. ``pack`` (target "cpu", default True): each op's constant
+    operands in one u8 constant (fewer inputs per extension node for the CPU plugin to handle on every inference;
+    see :func:`openvino_ext.transformations.transform`)."""
     from openvino_ext.transformations import transform as _transform
 
-    return _transform(model, target, fuse=fuse, activations=activations)
+    return _transform(model, target, fuse=fuse, activations=activations, pack=pack)
 
 
 def _clib():

@@ -57,6 +57,16 @@ separate op type so that a runtime implementing only MoE3 (the GPU custom layer)
 the router weight as logits. ``transform(model, "cpu")`` emits it when the router weight is a constant
 (INT8_ASYM per row: kept u8; a u3 decompression subgraph with the experts' group size, as upstream INT3_SYM
 writes it: kept k3; other float / u8 / i8 / u3 subgraphs: dequantized to f32 at transform time).
+
+Packed operands (the CPU form; ``transform(model, "cpu")`` emits it): ``MatMul3(X, P)``, ``MoE3R(X, P)``,
+``MoE3(X, router_logits, P)`` -- the same ops with every constant operand (inputs 1.. of MatMul3 / MoE3R, 2.. of
+MoE3, in their order) in ONE ``u8 [bytes]`` tensor ``P`` written by :func:`pack_operands`. The CPU plugin's work per
+extension node grows with its input count (it makes a Constant and a tensor view per input on every inference), so
+MoE3R with 12 inputs costs it ~2-4 us per input more than a 2-input op. ``P``: a 16-byte header (uint32 LE magic
+``0x4B50334B`` = bytes ``K3PK``, format version 1, section count n, header bytes 16 + 64 n), n 64-byte section
+descriptors (uint32 element type 1 u8 / 2 f16 / 3 f32, uint32 rank 1..4, uint64 dims[4], uint64 offset, uint64
+bytes), then the sections' data, each at a 64-byte aligned offset. The ops check the sections as they check the
+unpacked inputs at their first inference; the GPU custom layer implements the unpacked form only.
 """
 
 from __future__ import annotations
@@ -68,6 +78,63 @@ BLOCK_BYTES = 12
 SUPER = 64  # values per super-block (24 bytes)
 K3_VERSION = 2
 INT_CODEBOOK = np.arange(8, dtype=np.float16)
+
+
+PACK_MAGIC = 0x4B50334B  # bytes "K3PK"
+PACK_VERSION = 1
+_PACK_TYPES = {np.dtype(np.uint8): 1, np.dtype(np.float16): 2, np.dtype(np.float32): 3}
+_PACK_DTYPES = {v: k for k, v in _PACK_TYPES.items()}
+
+
+def pack_operands(arrays) -> np.ndarray:
+    """Pack the constant operands of a native op (in input order) into one ``u8`` blob (see the module docstring)."""
+    arrays = [np.asarray(a) for a in arrays]
+    if not 1 <= len(arrays) <= 64:
+        raise ValueError(f"pack_operands takes 1..64 arrays, got {len(arrays)}")
+    header = 16 + 64 * len(arrays)
+    offsets, off = [], (header + 63) // 64 * 64
+    for i, a in enumerate(arrays):
+        if a.dtype not in _PACK_TYPES:
+            raise ValueError(f"operand {i}: dtype {a.dtype} cannot be packed (u8, f16 or f32)")
+        if not 1 <= a.ndim <= 4:
+            raise ValueError(f"operand {i}: rank {a.ndim} cannot be packed (1..4)")
+        offsets.append(off)
+        off = (off + a.nbytes + 63) // 64 * 64
+    blob = np.zeros(off, np.uint8)
+    blob[:16] = np.frombuffer(np.array([PACK_MAGIC, PACK_VERSION, len(arrays), header], "<u4").tobytes(), np.uint8)
+    for i, (a, o) in enumerate(zip(arrays, offsets)):
+        dims = list(a.shape) + [0] * (4 - a.ndim)
+        desc = np.array([_PACK_TYPES[a.dtype], a.ndim], "<u4").tobytes() + np.array(dims + [o, a.nbytes, 0], "<u8").tobytes()
+        blob[16 + 64 * i:16 + 64 * (i + 1)] = np.frombuffer(desc, np.uint8)
+        blob[o:o + a.nbytes] = np.frombuffer(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes(), np.uint8)
+    return blob
+
+
+def unpack_operands(blob) -> list:
+    """Inverse of :func:`pack_operands`: the operands (copies) of a packed blob; raises ValueError on a malformed one."""
+    b = np.ascontiguousarray(np.asarray(blob, dtype=np.uint8).ravel())
+    if b.size < 16:
+        raise ValueError("packed operands: shorter than the 16-byte header")
+    magic, version, n, header = (int(v) for v in np.frombuffer(b[:16].tobytes(), "<u4"))
+    if magic != PACK_MAGIC:
+        raise ValueError("packed operands: bad magic (not written by pack_operands)")
+    if version != PACK_VERSION:
+        raise ValueError(f"packed operands: format version {version}, this build reads {PACK_VERSION}")
+    if not 1 <= n <= 64 or header != 16 + 64 * n or header > b.size:
+        raise ValueError(f"packed operands: corrupt header ({n} sections, header {header} of {b.size} bytes)")
+    out = []
+    for i in range(n):
+        d = b[16 + 64 * i:16 + 64 * (i + 1)].tobytes()
+        code, rank = (int(v) for v in np.frombuffer(d[:8], "<u4"))
+        dims = [int(v) for v in np.frombuffer(d[8:40], "<u8")]
+        off, nbytes = (int(v) for v in np.frombuffer(d[40:56], "<u8"))
+        if code not in _PACK_DTYPES or not 1 <= rank <= 4:
+            raise ValueError(f"packed operands: section {i} has type code {code} / rank {rank}")
+        dt, shape = _PACK_DTYPES[code], tuple(dims[:rank])
+        if nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize or off % 64 or off < header or off + nbytes > b.size:
+            raise ValueError(f"packed operands: section {i} {shape} at {off} ({nbytes} bytes) is out of bounds")
+        out.append(np.frombuffer(b[off:off + nbytes].tobytes(), dt.newbyteorder("<")).astype(dt).reshape(shape))
+    return out
 
 
 def k3_blocks(k: int) -> int:

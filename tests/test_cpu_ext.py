@@ -733,3 +733,94 @@ def test_gfni_unpack_identical(tmp_path, monkeypatch):
         res[v] = np.load(out)
     assert res["0"].size == 77 * (1 + 3 + 9) and np.isfinite(res["0"]).all()
     np.testing.assert_array_equal(res["0"], res["1"])
+
+
+# ---- packed operands (transform(.., "cpu") default): X (+ MoE3's logits) and ONE u8 constant per op
+def _packed_forms(rng):
+    """(op type, leading inputs as arrays, constant operands, attributes, reference output) per op form."""
+    t, e, h, inter, gs = 3, 8, 128, 64, 32
+    forms = []
+    w, s, z, c = R.random_case(rng, 40, 256, 64, "int3_asym")
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    forms.append(("MatMul3", [x], [w, s, z, c], {"group_size": 64}, R.matmul3_ref(x, w, s, z, c, 64)))
+    weights = _moe_case(rng, e, h, inter, gs, "nf3")
+    x = rng.standard_normal((t, h)).astype(np.float32)
+    moe = {"top_k": 2, "normalize_topk": True, "group_size": gs}
+    logits = (rng.standard_normal((t, e)) * 2).astype(np.float32)
+    forms.append(("MoE3", [x, logits], weights, moe, R.moe3_ref(x, logits, *weights, **moe)))
+    wr = (rng.standard_normal((e, h)) / np.sqrt(h)).astype(np.float32)
+    forms.append(("MoE3R", [x], [wr] + weights, moe, R.moe3r_ref(x, wr, *weights, **moe)))
+    q = rng.integers(0, 256, (e, h)).astype(np.uint8)
+    rs = (rng.uniform(0.5, 1.5, e) * 4 / np.sqrt(h) / 128).astype(np.float32)
+    rz = rng.integers(100, 156, e).astype(np.float32)
+    forms.append(("MoE3R", [x], [q] + weights + [rs, rz], moe,
+                  R.moe3r_ref(x, q, *weights, router_scale=rs, router_zero_point=rz, **moe)))
+    r3 = R.random_case(rng, e, h, gs, "int3_sym")
+    forms.append(("MoE3R", [x], [r3[0]] + weights + list(r3[1:]), moe,
+                  R.moe3r_ref(x, r3[0], *weights, router_scale=r3[1], router_zero_point=r3[2],
+                              router_codebook=r3[3], **moe)))
+    return forms
+
+
+def _native_model(ext, op, leading, operands, attrs, packed):
+    factory, core = ext
+    params = [ops.parameter([-1, a.shape[1]], np.float32) for a in leading]
+    consts = _consts([R.pack_operands(operands)] if packed else operands)
+    node = factory.create(op, [p.output(0) for p in params] + consts, {**attrs, "k3_version": K3_VERSION})
+    return ov.Model([node.output(0)], params)
+
+
+@pytest.mark.parametrize("form", range(5), ids=["matmul3", "moe3", "moe3r_f32", "moe3r_u8", "moe3r_k3"])
+def test_packed_operands_match_unpacked(ext, isa, form):
+    """Every op form with its constant operands packed into one u8 input gives exactly the unpacked op's output
+    (same kernels on views of the blob) and matches the reference."""
+    _, core = ext
+    op, leading, operands, attrs, ref = _packed_forms(np.random.default_rng(_seed("packed", form)))[form]
+    packed = _native_model(ext, op, leading, operands, attrs, True)
+    node = [n for n in packed.get_ordered_ops() if n.get_type_name() == op][0]
+    assert node.get_input_size() == len(leading) + 1
+    assert tuple(node.get_output_partial_shape(0))[-1] == ref.shape[-1]  # MatMul3: N read from the blob's header
+    y = core.compile_model(packed, "CPU", F32)(leading)[0]
+    y_unpacked = core.compile_model(_native_model(ext, op, leading, operands, attrs, False), "CPU", F32)(leading)[0]
+    np.testing.assert_array_equal(y, y_unpacked)
+    _check(y, ref, isa)
+
+
+def test_packed_operands_ir_roundtrip(ext, tmp_path):
+    """A packed op survives save_model / read_model (the blob is an ordinary u8 Constant)."""
+    _, core = ext
+    op, leading, operands, attrs, ref = _packed_forms(np.random.default_rng(3))[4]
+    ov.save_model(_native_model(ext, op, leading, operands, attrs, True), tmp_path / "m.xml")
+    y = core.compile_model(core.read_model(tmp_path / "m.xml"), "CPU", F32)(leading)[0]
+    _check(y, ref, "avx512")
+
+
+def test_packed_operands_bad_blob(ext):
+    """Malformed packed operands raise clear errors: at construction for the header (magic, section count), at the
+    first inference for operands the unpacked op would refuse (checked by the unpacked op's own validation)."""
+    factory, core = ext
+    op, leading, operands, attrs, _ = _packed_forms(np.random.default_rng(4))[0]
+    x = ops.parameter([-1, 256], np.float32)
+    a = {**attrs, "k3_version": K3_VERSION}
+    blob = R.pack_operands(operands)
+    bad = blob.copy()
+    bad[0] ^= 0xFF
+    with pytest.raises(Exception, match="bad magic"):
+        factory.create("MatMul3", [x.output(0)] + _consts([bad]), a)
+    with pytest.raises(Exception, match=r"S, Z, C\), got 3 sections"):
+        factory.create("MatMul3", [x.output(0)] + _consts([R.pack_operands(operands[:3])]), a)
+    wrong = R.pack_operands([operands[0], operands[1].astype(np.uint8), operands[2], operands[3]])  # u8 scales
+    node = factory.create("MatMul3", [x.output(0)] + _consts([wrong]), a)
+    cm = core.compile_model(ov.Model([node.output(0)], [x]), "CPU", F32)
+    with pytest.raises(Exception, match="scales must be f16"):
+        cm(leading)
+    moe = _packed_forms(np.random.default_rng(4))[2]
+    xr = ops.parameter([-1, 128], np.float32)
+    with pytest.raises(Exception, match="packed operands hold 10 sections"):
+        factory.create("MoE3R", [xr.output(0)] + _consts([R.pack_operands(moe[2][1:])]),
+                       {**moe[3], "k3_version": K3_VERSION})
+    with pytest.raises(ValueError, match="bad magic"):
+        R.unpack_operands(bad)
+    trunc = blob[:100].copy()
+    with pytest.raises(ValueError, match="corrupt header|out of bounds"):
+        R.unpack_operands(trunc)

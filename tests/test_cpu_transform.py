@@ -76,6 +76,16 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def _operands(node):
+    """The constant operands of a native op (inputs 1.. of MatMul3 / MoE3R, 2.. of MoE3) as arrays, whether the op
+    takes them packed (one u8 constant, the CPU default) or as separate inputs."""
+    from openvino_ext.reference import unpack_operands
+
+    lead = 2 if node.get_type_name() == "MoE3" else 1
+    arrays = [np.asarray(node.input_value(i).get_node().get_data()) for i in range(lead, node.get_input_size())]
+    return unpack_operands(arrays[0]) if node.get_input_size() == lead + 1 else arrays
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
@@ -93,24 +103,31 @@ def test_transform_cpu_matches_untransformed(core, compressed, arch, mode):
     counts = _count(t)
     assert counts["MoE3R"] == LAYERS and counts["MoE3"] == 0  # the router MatMul is inside the op
     moes = [n for n in t.get_ordered_ops() if n.get_type_name() == "MoE3R"]
-    assert all(n.input_value(1).get_node().get_type_name() == "Constant" for n in moes)  # W_r [E, H]
+    # the CPU form: X + one packed u8 constant per op (pack_operands)
+    assert all(n.get_input_size() == 2 and n.input_value(1).get_node().get_type_name() == "Constant" for n in moes)
+    assert all(n.get_input_size() == 2 for n in t.get_ordered_ops() if n.get_type_name() == "MatMul3")
     # nncf-moe3 keeps the router INT8_ASYM per row: MoE3R keeps it in 8 bits (u8 + scale + zero point, 14 inputs);
     # upstream INT3_SYM compresses it to u3 with the experts' group size: kept in 3 bits (k3 codes [E, Hb, 12] +
     # scale + zero point + codebook, 15 inputs)
     int8 = mode != "upstream_int3_sym"
-    assert all(n.get_input_size() == (14 if int8 else 15) for n in moes)
-    assert all(n.get_input_element_type(1) == ov.Type.u8 for n in moes)
-    assert all(len(n.get_input_partial_shape(1)) == (2 if int8 else 3) for n in moes)
+    operands = [_operands(n) for n in moes]
+    assert all(len(o) == (13 if int8 else 14) for o in operands)  # inputs 1.. of the unpacked op
+    assert all(o[0].dtype == np.uint8 and o[0].ndim == (2 if int8 else 3) for o in operands)
     assert stats["MatMul3"] == LAYERS * dense
     # q / k / v (and a shared expert's gate / up) read the same activations: merged into one MatMul3 each
     assert stats["MatMul3 fused groups"] >= LAYERS
     assert counts["MatMul3"] == LAYERS * dense - stats["MatMul3 fused away"]
     assert _u3_count(t) == 0
+    unpacked = openvino_ext.transform(q.clone(), "cpu", activations="f32", pack=False)
+    assert all(n.get_input_size() == (14 if int8 else 15) for n in unpacked.get_ordered_ops()
+               if n.get_type_name() == "MoE3R")
     cm, cm_unfused = core.compile_model(t, "CPU", F32), core.compile_model(unfused, "CPU", F32)
+    cm_unpacked = core.compile_model(unpacked, "CPU", F32)
     for seq in (1, 7):  # decode-like and prefill-like token counts
         ids = _ids(seq)
         assert _rel(cm(ids)[0], ref_cm(ids)[0]) < 1e-4
         np.testing.assert_array_equal(cm(ids)[0], cm_unfused(ids)[0])  # fusion changes no bit (f32 kernels)
+        np.testing.assert_array_equal(cm(ids)[0], cm_unpacked(ids)[0])  # nor does packing
 
 
 @pytest.mark.parametrize("mode", MODES)

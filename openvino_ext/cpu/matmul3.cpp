@@ -38,8 +38,32 @@ MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size, int64_t k3_ve
 }
 
 void MatMul3::validate_and_infer_types() {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 5, "MatMul3 takes 5 inputs (X, W, S, Z, C), got ",
-                          get_input_size());
+    if (get_input_size() == 2) {  // packed form (X, P): P's sections are checked at the first evaluate()
+        check_act_type(this, 0);
+        check_k3_version(this, m_k3_version);
+        const auto tp = get_input_element_type(1);
+        NODE_VALIDATION_CHECK(this, tp.is_dynamic() || tp == ov::element::u8, "packed operands must be u8, got ", tp);
+        const auto& xs = get_input_partial_shape(0);
+        ov::PartialShape out = ov::PartialShape::dynamic();
+        if (xs.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this, xs.rank().get_length() >= 1, "X must have rank >= 1");
+            std::vector<ov::Dimension> dims(xs.begin(), xs.end());
+            dims.back() = ov::Dimension::dynamic();
+            if (const auto* pc = packed_constant(this, 1)) {  // N = W's rows (section 0)
+                const auto secs = parse_packed(pc->get_data_ptr<uint8_t>(), pc->get_byte_size(), "MatMul3");
+                NODE_VALIDATION_CHECK(this, secs.size() == 4 && secs[0].shape.size() == 3,
+                                      "packed MatMul3 operands must be (W [N, Kb, 12], S, Z, C), got ", secs.size(),
+                                      " sections");
+                dims.back() = (int64_t)secs[0].shape[0];
+            }
+            out = ov::PartialShape(dims);
+        }
+        const auto tx = get_input_element_type(0);
+        set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, out);
+        return;
+    }
+    NODE_VALIDATION_CHECK(this, get_input_size() == 5, "MatMul3 takes 5 inputs (X, W, S, Z, C) or 2 (X, packed "
+                          "operands), got ", get_input_size());
     const auto tx = get_input_element_type(0);
     check_act_type(this, 0);
     check_weight_types(this, 1);
@@ -74,6 +98,7 @@ bool MatMul3::visit_attributes(ov::AttributeVisitor& visitor) {
 }
 
 bool MatMul3::has_evaluate() const {
+    if (get_input_size() == 2) return is_act_type(get_input_element_type(0)) && get_input_element_type(1) == ov::element::u8;
     return is_act_type(get_input_element_type(0)) && get_input_element_type(1) == ov::element::u8 &&
            is_f16_or_f32(get_input_element_type(2)) && get_input_element_type(3) == ov::element::u8 &&
            is_f16_or_f32(get_input_element_type(4));
@@ -81,6 +106,14 @@ bool MatMul3::has_evaluate() const {
 
 bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     using namespace k3;
+    if (inputs.size() == 2) {  // packed form: the same op on views of the sections (made and checked once)
+        const ov::TensorVector& views = m_packed.get(inputs[1], "MatMul3", [&](const ov::TensorVector& v) {
+            check_unpacked(inputs, 1, v, [&](const ov::OutputVector& args) {
+                return std::make_shared<MatMul3>(args, m_group_size, m_k3_version);
+            });
+        });
+        return evaluate(outputs, logical_inputs(inputs, 1, views));
+    }
     const bool prof = profiling_on();
     const auto t0 = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     const auto& X = inputs[0];

@@ -4,6 +4,7 @@
 #include <openvino/op/op.hpp>
 
 #include "kernels/k3_runtime.hpp"
+#include "op_util.hpp"
 #include "weight_pages.hpp"
 
 namespace nncf_moe3 {
@@ -30,6 +31,7 @@ private:
                  const k3::WeightSet& ws) const;
 
     HugeWeights m_pages;  // the k3 weights read through 2 MB pages (weight_pages.hpp)
+    PackedViews m_packed;  // packed form (X, P): views of P's sections (op_util.hpp)
     int64_t m_group_size = 128;
     int64_t m_k3_version = 1;  // deserialized IRs without the attribute: version 1 (refused)
 };

@@ -33,6 +33,25 @@ MoE3::MoE3(bool router_in_op, const ov::OutputVector& args, int64_t top_k, bool 
 
 void MoE3::validate_and_infer_types() {
     const char* op = m_router_in_op ? "MoE3R" : "MoE3";
+    if (get_input_size() == packed_leading() + 1) {  // packed form: P's sections are checked at the first evaluate()
+        check_act_type(this, 0);
+        check_k3_version(this, m_k3_version);
+        NODE_VALIDATION_CHECK(this, m_top_k >= 1, "top_k must be >= 1");
+        const auto tp = get_input_element_type(get_input_size() - 1);
+        NODE_VALIDATION_CHECK(this, tp.is_dynamic() || tp == ov::element::u8, op, ": packed operands must be u8, got ",
+                              tp);
+        const auto& xs = get_input_partial_shape(0);
+        NODE_VALIDATION_CHECK(this, xs.rank().is_dynamic() || xs.rank().get_length() == 2, "X must be [T, H], got ", xs);
+        if (const auto* pc = packed_constant(this, get_input_size() - 1)) {
+            const auto n = parse_packed(pc->get_data_ptr<uint8_t>(), pc->get_byte_size(), op).size();
+            NODE_VALIDATION_CHECK(this, m_router_in_op ? (n == 11 || n == 13 || n == 14) : n == 10, op,
+                                  ": packed operands hold ", n, " sections, expected ",
+                                  m_router_in_op ? "11, 13 or 14 (inputs 1..)" : "10 (inputs 2..)");
+        }
+        const auto tx = get_input_element_type(0);
+        set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, xs);
+        return;
+    }
     NODE_VALIDATION_CHECK(this, get_input_size() == 12 ||
                                     (m_router_in_op && (get_input_size() == 14 || get_input_size() == 15)), op,
                           " takes 12 inputs (X, ", m_router_in_op ? "router_weight" : "router_logits",
@@ -40,7 +59,8 @@ void MoE3::validate_and_infer_types() {
                           m_router_in_op ? ", 14 (+ router_scale, router_zero_point with a u8 router_weight [E, H]) "
                                            "or 15 (+ router_scale, router_zero_point, router_codebook with a k3 "
                                            "router_weight [E, Hb, 12])" : "",
-                          ", got ", get_input_size());
+                          ", or ", packed_leading() + 1, " in the packed form (", m_router_in_op ? "X" : "X, router_logits",
+                          ", packed operands), got ", get_input_size());
     const auto tx = get_input_element_type(0);
     check_act_type(this, 0);
     for (size_t p : {2, 5, 8}) check_weight_types(this, p);
@@ -119,6 +139,9 @@ bool MoE3::visit_attributes(ov::AttributeVisitor& visitor) {
 
 bool MoE3::has_evaluate() const {
     if (!is_act_type(get_input_element_type(0))) return false;
+    if (get_input_size() == packed_leading() + 1)
+        return get_input_element_type(get_input_size() - 1) == ov::element::u8 &&
+               (m_router_in_op || get_input_element_type(1) == ov::element::f32);
     if (get_input_size() == 15) {
         if (get_input_element_type(1) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(12)) ||
             get_input_element_type(13) != ov::element::u8 || !is_f16_or_f32(get_input_element_type(14)))
@@ -245,6 +268,17 @@ struct Scratch {
 
 bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     using namespace k3;
+    const size_t lead = packed_leading();
+    if (inputs.size() == lead + 1) {  // packed form: the same op on views of the sections (made and checked once)
+        const char* op = m_router_in_op ? "MoE3R" : "MoE3";
+        const ov::TensorVector& views = m_packed.get(inputs[lead], op, [&](const ov::TensorVector& v) {
+            check_unpacked(inputs, lead, v, [&](const ov::OutputVector& args) -> std::shared_ptr<ov::Node> {
+                if (m_router_in_op) return std::make_shared<MoE3R>(args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);
+                return std::make_shared<MoE3>(args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);
+            });
+        });
+        return evaluate(outputs, logical_inputs(inputs, lead, views));
+    }
     if (inputs[0].get_element_type() == ov::element::bf16) {
         // bf16 activations: the f32 op on f32 copies (per-thread buffers in decode, per call in prefill), the result
         // rounded back to bf16

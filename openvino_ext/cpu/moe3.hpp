@@ -4,6 +4,7 @@
 #pragma once
 #include <openvino/op/op.hpp>
 
+#include "op_util.hpp"
 #include "weight_pages.hpp"
 
 namespace nncf_moe3 {
@@ -30,7 +31,11 @@ protected:
          int64_t k3_version);
     explicit MoE3(bool router_in_op) : m_router_in_op(router_in_op) {}
 
+    // inputs before the packed operands in the packed form: X (MoE3R), X + router_logits (MoE3)
+    size_t packed_leading() const { return m_router_in_op ? 1 : 2; }
+
     bool m_router_in_op = false;
+    PackedViews m_packed;  // packed form: views of the packed operands' sections (op_util.hpp)
     HugeWeights m_pages;  // the k3 weights read through 2 MB pages (weight_pages.hpp)
     int64_t m_top_k = 2;
     bool m_normalize_topk = true;

@@ -2,6 +2,9 @@
 
 #include <openvino/core/except.hpp>
 #include <openvino/op/constant.hpp>
+#include <openvino/op/parameter.hpp>
+
+#include <cstring>
 
 namespace nncf_moe3 {
 
@@ -111,6 +114,87 @@ void store_result(ov::Tensor& out, const float* y, size_t n) {
         d[i] = (b & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((b >> 16) | 0x40u)
                                                : (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
     }
+}
+
+
+// ---- packed operands
+namespace {
+template <class T>
+T rd(const uint8_t* p) {
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    return v;
+}
+}  // namespace
+
+std::vector<PackedSection> parse_packed(const uint8_t* data, size_t bytes, const char* what) {
+    OPENVINO_ASSERT(data && bytes >= PACK_HEADER && rd<uint32_t>(data) == PACK_MAGIC, what,
+                    ": the packed operand is not a blob written by openvino_ext.reference.pack_operands "
+                    "(bad magic / too short: ", bytes, " bytes)");
+    const uint32_t version = rd<uint32_t>(data + 4), count = rd<uint32_t>(data + 8), header = rd<uint32_t>(data + 12);
+    OPENVINO_ASSERT(version == PACK_VERSION, what, ": packed operands of format version ", version,
+                    ", this build reads version ", PACK_VERSION, ": re-run openvino_ext.transform on the u3 IR");
+    OPENVINO_ASSERT(count >= 1 && count <= PACK_MAX_SECTIONS && header == PACK_HEADER + count * PACK_DESC &&
+                        header <= bytes,
+                    what, ": corrupt packed operand header (", count, " sections, header ", header, " of ", bytes,
+                    " bytes)");
+    std::vector<PackedSection> out(count);
+    for (uint32_t i = 0; i < count; ++i) {
+        const uint8_t* d = data + PACK_HEADER + (size_t)i * PACK_DESC;
+        const uint32_t code = rd<uint32_t>(d), rank = rd<uint32_t>(d + 4);
+        PackedSection& sec = out[i];
+        sec.type = code == 1 ? ov::element::u8 : code == 2 ? ov::element::f16 : code == 3 ? ov::element::f32
+                                                                                          : ov::element::dynamic;
+        OPENVINO_ASSERT(sec.type != ov::element::dynamic && rank >= 1 && rank <= 4, what, ": packed section ", i,
+                        " has element type code ", code, " / rank ", rank, " (expected u8 / f16 / f32, rank 1..4)");
+        size_t n = 1;
+        for (uint32_t r = 0; r < rank; ++r) {
+            const uint64_t dim = rd<uint64_t>(d + 8 + 8 * r);
+            OPENVINO_ASSERT(dim < (uint64_t(1) << 40), what, ": packed section ", i, " has dimension ", dim);
+            sec.shape.push_back((size_t)dim);
+            n *= (size_t)dim;
+        }
+        sec.offset = (size_t)rd<uint64_t>(d + 40);
+        sec.bytes = (size_t)rd<uint64_t>(d + 48);
+        OPENVINO_ASSERT(sec.bytes == n * sec.type.size() && sec.offset % PACK_ALIGN == 0 && sec.offset >= header &&
+                            sec.offset <= bytes && sec.bytes <= bytes - sec.offset,
+                        what, ": packed section ", i, " ", sec.type, sec.shape, " at offset ", sec.offset, " (",
+                        sec.bytes, " bytes) lies outside the ", bytes, "-byte blob or has the wrong size");
+    }
+    return out;
+}
+
+const ov::op::v0::Constant* packed_constant(const ov::Node* node, size_t port) {
+    if (port >= node->get_input_size()) return nullptr;
+    const auto* c = ov::as_type<const ov::op::v0::Constant>(node->get_input_node_ptr(port));
+    return c && c->get_output_element_type(0) == ov::element::u8 ? c : nullptr;
+}
+
+ov::TensorVector PackedViews::make_views(const ov::Tensor& blob, const char* what) {
+    OPENVINO_ASSERT(blob.get_element_type() == ov::element::u8 && blob.get_shape().size() == 1, what,
+                    ": packed operands must be a 1-D u8 tensor, got ", blob.get_element_type(), blob.get_shape());
+    uint8_t* base = static_cast<uint8_t*>(const_cast<void*>(blob.data()));  // views are only read
+    ov::TensorVector views;
+    for (const auto& sec : parse_packed(base, blob.get_byte_size(), what))
+        views.emplace_back(sec.type, sec.shape, base + sec.offset);
+    return views;
+}
+
+ov::TensorVector logical_inputs(const ov::TensorVector& inputs, size_t leading, const ov::TensorVector& views) {
+    ov::TensorVector all;
+    all.reserve(leading + views.size());
+    all.insert(all.end(), inputs.begin(), inputs.begin() + leading);
+    all.insert(all.end(), views.begin(), views.end());
+    return all;
+}
+
+void check_unpacked(const ov::TensorVector& inputs, size_t leading, const ov::TensorVector& views,
+                    const std::function<std::shared_ptr<ov::Node>(const ov::OutputVector&)>& make) {
+    ov::OutputVector args;
+    for (size_t i = 0; i < leading; ++i)
+        args.push_back(std::make_shared<ov::op::v0::Parameter>(inputs[i].get_element_type(), inputs[i].get_shape()));
+    for (const auto& v : views) args.push_back(std::make_shared<ov::op::v0::Constant>(v));
+    make(args);  // the unpacked op's constructor validates (throws NodeValidationFailure)
 }
 
 }  // namespace nncf_moe3

@@ -1,8 +1,12 @@
 // Operand checks shared by MatMul3 and MoE3.
 #pragma once
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include <openvino/core/node.hpp>
+#include <openvino/op/constant.hpp>
 #include <openvino/runtime/tensor.hpp>
 
 #include "kernels/k3_runtime.hpp"
@@ -44,5 +48,61 @@ void store_result(ov::Tensor& out, const float* y, size_t n);
 
 // Env NNCF_MOE3_PROFILE (or nncf_moe3_profile(.., enable = 1)): the ops time their evaluate() calls.
 bool profiling_on();
+
+}  // namespace nncf_moe3
+
+// ---- packed operands (openvino_ext/reference.py: pack_operands): the CPU form of the ops takes X (+ MoE3's router
+// logits) and ONE u8 tensor holding every constant operand, because the CPU plugin's work per extension node grows
+// with its input count (a Constant and a tensor view per input, on every inference: ~2-4 us per input on cold caches).
+namespace nncf_moe3 {
+
+constexpr uint32_t PACK_MAGIC = 0x4B50334Bu;  // bytes "K3PK"
+constexpr uint32_t PACK_VERSION = 1;
+constexpr size_t PACK_HEADER = 16, PACK_DESC = 64, PACK_ALIGN = 64, PACK_MAX_SECTIONS = 64;
+
+struct PackedSection {
+    ov::element::Type type;
+    ov::Shape shape;
+    size_t offset = 0, bytes = 0;
+};
+
+// Parses and checks a packed blob (magic, version, section bounds and sizes); throws ov::Exception naming `what`.
+std::vector<PackedSection> parse_packed(const uint8_t* data, size_t bytes, const char* what);
+
+// The packed blob's Constant behind input `port` of `node`, or nullptr (not a Constant / not u8).
+const ov::op::v0::Constant* packed_constant(const ov::Node* node, size_t port);
+
+// Tensor views of a blob's sections, made once per blob address (the first evaluate() checks them: `check` gets the
+// views and throws on operands the unpacked op would refuse); thread-safe.
+class PackedViews {
+public:
+    template <class Check>
+    const ov::TensorVector& get(const ov::Tensor& blob, const char* what, Check&& check) const {
+        std::lock_guard<std::mutex> lock(m_mu);
+        if (blob.data() != m_src || blob.get_byte_size() != m_bytes) {
+            ov::TensorVector views = make_views(blob, what);
+            check(views);
+            m_views = std::move(views);
+            m_src = blob.data();
+            m_bytes = blob.get_byte_size();
+        }
+        return m_views;
+    }
+
+private:
+    static ov::TensorVector make_views(const ov::Tensor& blob, const char* what);
+    mutable std::mutex m_mu;
+    mutable const void* m_src = nullptr;
+    mutable size_t m_bytes = 0;
+    mutable ov::TensorVector m_views;
+};
+
+// Logical inputs of a packed call: the leading (non-packed) inputs followed by the section views.
+ov::TensorVector logical_inputs(const ov::TensorVector& inputs, size_t leading, const ov::TensorVector& views);
+
+// Validates the unpacked form of a packed call (the leading inputs as Parameters of their runtime shapes, the section
+// views as Constants sharing their memory) by constructing it: `make` builds the unpacked op from its arguments.
+void check_unpacked(const ov::TensorVector& inputs, size_t leading, const ov::TensorVector& views,
+                    const std::function<std::shared_ptr<ov::Node>(const ov::OutputVector&)>& make);
 
 }  // namespace nncf_moe3
