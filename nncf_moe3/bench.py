@@ -19,7 +19,8 @@ after loading the CPU plugin and the extension (a trivial model compiled and run
 acceptance ratios use come from one more process that holds every MoE variant and times them in ``--rounds``
 alternating rounds (drift and noise of this shared VM then hit all variants alike); that process also times
 ``moe3_s4`` (the session-4 op set on the same weights: ``transform(target="gpu")``, MoE3 taking the graph's router
-logits, f32 activation edges) and ``@f32`` rows: INT4, stock INT3 and MoE3 (from an IR transformed with
+logits, f32 activation edges), ``moe3_unpacked`` (the moe3 graph with the ops' constant operands as separate
+inputs, ``transform(.., pack=False)``: what packing them into one input saves in the CPU plugin) and ``@f32`` rows: INT4, stock INT3 and MoE3 (from an IR transformed with
 ``activations="f32"``) under INFERENCE_PRECISION_HINT=f32, the CPU plugin's precision on CPUs without native bf16 / f16
 (there stock INT3 computes with its f32-folded weights); the acceptance ratios are printed for both executions.
 
@@ -222,7 +223,8 @@ def prepare(workdir: Path, args):
             if workload == "moe" and fmt == "int3":
                 # interleaved-timing extras: the moe3 IR with f32 activation edges (for the f32-hint row) and the
                 # session-4 op set (MoE3 taking the graph's router logits, f32 edges = transform target "gpu")
-                for name, target, kw in (("moe3_f32act", "cpu", dict(activations="f32")), ("moe3_s4", "gpu", {})):
+                for name, target, kw in (("moe3_f32act", "cpu", dict(activations="f32")), ("moe3_s4", "gpu", {}),
+                                         ("moe3_unpacked", "cpu", dict(pack=False))):
                     m = openvino_ext.transform(model.clone(), target, **kw)
                     path = workdir / f"moe_{name}.xml"
                     ov.save_model(m, path, compress_to_fp16=False)
@@ -435,7 +437,7 @@ def main(argv=None):
         from openvino_ext.reference import K3_VERSION
 
         # IRs of another k3 layout / transformation version are rebuilt
-        cfg_key = [args.layers, args.experts, args.top_k, K3_VERSION, "fuse-v2-router-bf16-extras"]
+        cfg_key = [args.layers, args.experts, args.top_k, K3_VERSION, "fuse-v2-router-bf16-extras-packed"]
         old = json.loads(mfile.read_text()) if mfile.is_file() else None
         if old and old["cfg"] == cfg_key:
             meta = {tuple(k.split("/")): v for k, v in old["meta"].items()}
@@ -470,6 +472,8 @@ def main(argv=None):
             f32_paths["moe3"] = extra["moe3_f32act"]  # under an f32 hint: the IR with f32 activation edges
         if "moe3" in paths and "moe3_s4" in extra:
             paths["moe3_s4"] = extra["moe3_s4"]  # session-4 graph (MoE3 + router outside, f32 edges)
+        if "moe3" in paths and "moe3_unpacked" in extra:
+            paths["moe3_unpacked"] = extra["moe3_unpacked"]  # the same ops with separate operand inputs
         inter = run_child(dict(paths=paths, f32_paths=f32_paths, threads=args.threads, rounds=args.rounds,
                                iters=max(6, args.iters // args.rounds)))
         print(f"  interleaved moe decode: {inter}", file=sys.stderr, flush=True)
@@ -553,6 +557,9 @@ def main(argv=None):
         if "moe3_s4" in inter and "moe3" in inter:
             print(f"  moe3_s4 = the session-4 op set on the same IR (transform target 'gpu': MoE3 taking the graph's "
                   f"router logits, f32 activation edges): moe3 / moe3_s4 = {inter['moe3'] / inter['moe3_s4']:.2f}")
+        if "moe3_unpacked" in inter and "moe3" in inter:
+            print(f"  moe3_unpacked = the same ops with their constant operands as separate inputs (transform "
+                  f"pack=False): moe3 / moe3_unpacked = {inter['moe3'] / inter['moe3_unpacked']:.2f}")
     moe = {n: rows[("moe", n)][1] for n in ("int4", "int3_stock", "moe3") if ("moe", n) in rows}
     if "moe3" in moe:
         dec = {n: (inter[n] if inter and n in inter else moe[n]["decode"]) for n in moe}

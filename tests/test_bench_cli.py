@@ -42,6 +42,8 @@ def test_bench_cli_tiny_stack(tmp_path):
     acc32 = re.search(r"acceptance decode ratios in f32 execution .*moe3/int4 = ([\d.]+) .*int3_stock/moe3 = ([\d.]+)x",
                       out)
     assert acc32 and float(acc32[1]) > 0 and float(acc32[2]) > 0, out
+    # the packed ops against the same ops with separate operand inputs, in the interleaved run
+    assert re.search(r"moe3_unpacked = .*moe3 / moe3_unpacked = [\d.]+", out), out
     # a second run reuses the IRs written by the first (--keep)
     res2 = subprocess.run(cmd[:-2] + ["--keep", str(tmp_path / "ir"), "--only", "moe/moe3"], capture_output=True,
                           text=True, timeout=600)
