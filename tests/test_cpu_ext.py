@@ -220,18 +220,22 @@ def test_moe3_decode_buffers_reused_across_calls(ext, monkeypatch, act_quant):
         assert _rel(cm([x, logits])[0], ref) < (3e-2 if act_quant == "1" else 5e-5), t
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
 @pytest.mark.parametrize("source", ["in_memory", "mmapped_ir"])
-def test_large_weights_through_huge_pages(ext, tmp_path, source):
+def test_large_weights_through_huge_pages(ext, tmp_path, source, packed):
     """Weights >= 2 MB are read through 2 MB pages (weight_pages.cpp): in-memory (heap) constants are collapsed in
     place, an mmapped IR's are copied and the source pages dropped from the mapping. Results must match the
-    reference, and the IR's constant must still read back unchanged afterwards."""
+    reference, and the IR's constant must still read back unchanged afterwards. Packed operands are placed whole (the
+    blob: weights and scales), so that no section is read from the dropped source."""
     factory, core = ext
     rng = np.random.default_rng(21)
     n, k, gs = 4096, 4096, 128
     w, s, z, c = R.random_case(rng, n, k, gs, "int3_sym")
     assert w.nbytes >= 4 << 20  # a 2 MB-aligned interior exists wherever the constant starts
     p = ops.parameter([-1, k], np.float32)
-    node = factory.create("MatMul3", [p.output(0)] + _consts((w, s, z, c)), {"group_size": gs, "k3_version": K3_VERSION})
+    blob = R.pack_operands((w, s, z, c))
+    node = factory.create("MatMul3", [p.output(0)] + _consts((blob,) if packed else (w, s, z, c)),
+                          {"group_size": gs, "k3_version": K3_VERSION})
     model = ov.Model([node.output(0)], [p])
     if source == "mmapped_ir":
         ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
@@ -252,12 +256,14 @@ def test_large_weights_through_huge_pages(ext, tmp_path, source):
     stats(after)
     copied = after[0] - before[0]
     if source == "mmapped_ir" and sys.platform.startswith("linux"):
-        assert copied == 1 and after[1] - before[1] == w.nbytes  # the weight tensor, once (the scales are < 2 MB)
+        # the weight tensor (or the whole packed blob), once (the unpacked scales are < 2 MB)
+        assert copied == 1 and after[1] - before[1] == (blob.nbytes if packed else w.nbytes)
     elif source == "in_memory":
         assert copied == 0  # heap memory is collapsed in place (when the kernel supports it), never copied
+    want = blob if packed else w
     wconst = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.u8
-              and tuple(op.get_output_shape(0)) == w.shape]
-    assert len(wconst) == 1 and np.array_equal(wconst[0].get_data(), w)
+              and tuple(op.get_output_shape(0)) == want.shape]
+    assert len(wconst) == 1 and np.array_equal(wconst[0].get_data(), want)
 
 
 def test_ops_roundtrip_through_ir(ext, tmp_path):

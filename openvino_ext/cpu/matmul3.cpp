@@ -107,7 +107,8 @@ bool MatMul3::has_evaluate() const {
 bool MatMul3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     using namespace k3;
     if (inputs.size() == 2) {  // packed form: the same op on views of the sections (made and checked once)
-        const ov::TensorVector& views = m_packed.get(inputs[1], "MatMul3", [&](const ov::TensorVector& v) {
+        const auto place = [&](const uint8_t* p, size_t n) { return m_pages.view(p, n); };
+        const ov::TensorVector& views = m_packed.get(inputs[1], "MatMul3", place, [&](const ov::TensorVector& v) {
             check_unpacked(inputs, 1, v, [&](const ov::OutputVector& args) {
                 return std::make_shared<MatMul3>(args, m_group_size, m_k3_version);
             });

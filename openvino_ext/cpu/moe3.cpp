@@ -271,7 +271,8 @@ bool MoE3::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) c
     const size_t lead = packed_leading();
     if (inputs.size() == lead + 1) {  // packed form: the same op on views of the sections (made and checked once)
         const char* op = m_router_in_op ? "MoE3R" : "MoE3";
-        const ov::TensorVector& views = m_packed.get(inputs[lead], op, [&](const ov::TensorVector& v) {
+        const auto place = [&](const uint8_t* p, size_t n) { return m_pages.view(p, n); };
+        const ov::TensorVector& views = m_packed.get(inputs[lead], op, place, [&](const ov::TensorVector& v) {
             check_unpacked(inputs, lead, v, [&](const ov::OutputVector& args) -> std::shared_ptr<ov::Node> {
                 if (m_router_in_op) return std::make_shared<MoE3R>(args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);
                 return std::make_shared<MoE3>(args, m_top_k, m_normalize_topk, m_group_size, m_k3_version);

@@ -170,13 +170,15 @@ const ov::op::v0::Constant* packed_constant(const ov::Node* node, size_t port) {
     return c && c->get_output_element_type(0) == ov::element::u8 ? c : nullptr;
 }
 
-ov::TensorVector PackedViews::make_views(const ov::Tensor& blob, const char* what) {
+void PackedViews::check_blob(const ov::Tensor& blob, const char* what) {
     OPENVINO_ASSERT(blob.get_element_type() == ov::element::u8 && blob.get_shape().size() == 1, what,
                     ": packed operands must be a 1-D u8 tensor, got ", blob.get_element_type(), blob.get_shape());
-    uint8_t* base = static_cast<uint8_t*>(const_cast<void*>(blob.data()));  // views are only read
+}
+
+ov::TensorVector PackedViews::make_views(const uint8_t* data, size_t bytes, const char* what) {
+    uint8_t* base = const_cast<uint8_t*>(data);  // views are only read
     ov::TensorVector views;
-    for (const auto& sec : parse_packed(base, blob.get_byte_size(), what))
-        views.emplace_back(sec.type, sec.shape, base + sec.offset);
+    for (const auto& sec : parse_packed(base, bytes, what)) views.emplace_back(sec.type, sec.shape, base + sec.offset);
     return views;
 }
 

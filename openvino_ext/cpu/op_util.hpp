@@ -73,14 +73,18 @@ std::vector<PackedSection> parse_packed(const uint8_t* data, size_t bytes, const
 const ov::op::v0::Constant* packed_constant(const ov::Node* node, size_t port);
 
 // Tensor views of a blob's sections, made once per blob address (the first evaluate() checks them: `check` gets the
-// views and throws on operands the unpacked op would refuse); thread-safe.
+// views and throws on operands the unpacked op would refuse); thread-safe. `place(data, bytes)` returns where the
+// blob is read from (HugeWeights::view: the whole blob in 2 MB pages, its source pages dropped -- per section, the
+// page cache's large folios re-mapped the dropped weight pages next to every small section that was read in place).
 class PackedViews {
 public:
-    template <class Check>
-    const ov::TensorVector& get(const ov::Tensor& blob, const char* what, Check&& check) const {
+    template <class Place, class Check>
+    const ov::TensorVector& get(const ov::Tensor& blob, const char* what, Place&& place, Check&& check) const {
         std::lock_guard<std::mutex> lock(m_mu);
         if (blob.data() != m_src || blob.get_byte_size() != m_bytes) {
-            ov::TensorVector views = make_views(blob, what);
+            check_blob(blob, what);
+            ov::TensorVector views = make_views(place(static_cast<const uint8_t*>(blob.data()), blob.get_byte_size()),
+                                                blob.get_byte_size(), what);
             check(views);
             m_views = std::move(views);
             m_src = blob.data();
@@ -90,7 +94,8 @@ public:
     }
 
 private:
-    static ov::TensorVector make_views(const ov::Tensor& blob, const char* what);
+    static void check_blob(const ov::Tensor& blob, const char* what);
+    static ov::TensorVector make_views(const uint8_t* data, size_t bytes, const char* what);
     mutable std::mutex m_mu;
     mutable const void* m_src = nullptr;
     mutable size_t m_bytes = 0;

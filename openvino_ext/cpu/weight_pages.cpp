@@ -147,8 +147,12 @@ const uint8_t* HugeWeights::view(const uint8_t* src, size_t bytes) const {
     std::lock_guard<std::mutex> lock(m_mu);
     // a region made for fewer bytes than asked (never for a Constant's one tensor) must not be read past its copy
     const auto use = [&](const Region& r) { return bytes <= r.bytes ? r.use : src; };
-    for (const auto& h : m_held)
+    for (const auto& h : m_held) {
         if (h.first == src) return use(*h.second);
+        // a section of a tensor this op already placed (packed operands: the blob was placed whole)
+        const Region& r = *h.second;
+        if (r.use != h.first && src >= r.use && src + bytes <= r.use + r.bytes) return src;
+    }
     std::shared_ptr<Region> r;
     {
         std::lock_guard<std::mutex> glock(g_mu);

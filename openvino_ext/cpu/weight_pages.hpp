@@ -15,6 +15,7 @@
 //     NNCF_MOE3_HUGEPAGES=0: the source address, untouched.
 // Copies are shared process-wide by source address and freed when the last op holding them is destroyed. The first
 // call per tensor pays the copy / collapse (~0.1-0.4 s for a 0.3 GB model); later calls are a locked map lookup.
+// A pointer inside a tensor this op already copied (a section of packed operands, placed whole) is returned as is.
 #pragma once
 #include <cstddef>
 #include <cstdint>
