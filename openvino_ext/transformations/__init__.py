@@ -18,7 +18,7 @@
     * ``pack=True`` (default): each native op's constant operands go into ONE u8 constant
       (:func:`openvino_ext.reference.pack_operands`): ``MatMul3(X, P)``, ``MoE3R(X, P)``, ``MoE3(X, logits, P)``.
       The CPU plugin's work per extension node grows with its input count (a Constant and a tensor view per input
-      on every inference): the MoE-stack decode runs ~6 % faster with 2 inputs per op than with 5 / 12.
+      on every inference): the MoE-stack decode runs 3–8 % faster with 2 inputs per op than with 5 / 12.
 ``transform(model, "gpu")``
     the same without the router fusion: ``MoE3`` + ``MatMul3`` only, the ops the GPU custom layer implements.
 ``transform(model, "widen")``

@@ -190,8 +190,8 @@ inline void prefetch_factors(const Weight& W, int64_t n, int64_t n1) {
 // 16 consecutive per-group factors starting at group index i (= n * G + g); lanes outside mask k are undefined:
 // sv = s / alpha, zo = off + alpha * z (zo = off without per-group zero points).
 // Plain 16-lane loads wherever they stay inside the [N][G] tensor (lanes past the row then hold the next row's
-// scales, ignored by the callers): an AVX-512 masked load whose line is not yet in L1 costs the decode GEMV
-// ~15 % on Zen 5 (l2-resident: no difference), so the mask is used only at the tensor's end.
+// scales, ignored by the callers): with masked loads here the one-core decode GEMV ran ~15 % slower from DRAM on
+// a Zen 5 VM (kernel_design_3bit.md §4.3), so the mask is used only at the tensor's end.
 inline void group_factors(const Weight& W, const Levels& L, int64_t i, __mmask16 k, __m512& sv, __m512& zo) {
     const bool full = i + 16 <= W.N * W.G;
     if (W.sf)

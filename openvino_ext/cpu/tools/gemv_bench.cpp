@@ -10,6 +10,8 @@
 //   g++ -O3 -march=icelake-server -Iopenvino_ext/cpu -I$OV/include openvino_ext/cpu/tools/gemv_bench.cpp \
 //       openvino_ext/cpu/kernels/k3_avx512_vnni.cpp -o /tmp/gemv_bench $OV/libs/libtbb.so.12 -Wl,-rpath,$OV/libs
 //   /tmp/gemv_bench 2 20 [0]  # threads, decode steps [, 0 = 4 KB pages]
+//   /tmp/gemv_bench rows 65536 2048 3   # one core: N x K rows (g128) in `mats` matrices read in turn (3 x 50 MB:
+//                                       # from DRAM; `rows 256 2048 1`: L2-resident) -> weights/ns, GB/s
 // Prints ms per decode step and GB/s (codes + scales) per projection kind. The codes live in 2 MB pages
 // (madvise(MADV_HUGEPAGE), as the ops arrange since session 4: weight_pages.cpp); a third argument 0 keeps 4 KB pages.
 #include <tbb/blocked_range.h>
@@ -21,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <sys/mman.h>
@@ -94,10 +97,39 @@ double bytes(const Weight& W, int64_t n) { return (double)n * (W.Kb * BLOCK_BYTE
 
 }  // namespace
 
+// One core, one GEMV call per matrix over all N rows, `mats` distinct matrices in turn: the per-core rate of the
+// decode kernel from DRAM (working set > L3) or from L2 (one small matrix), without the task split.
+int rows_main(int64_t N, int64_t K, int64_t mats) {
+    const int64_t gs = 128;
+    Table tab;
+    for (int i = 0; i < 16; ++i) tab.t[i] = (float)(i & 7) - 4.f;
+    std::vector<Mat> ms;
+    for (int64_t i = 0; i < mats; ++i) ms.push_back(make(N, K, gs, 7000 + (unsigned)i));
+    Act xa = act(K, gs);
+    std::vector<float> y(N);
+    const int64_t reps = std::max<int64_t>(mats, (int64_t)(4e9 / (double)(N * K)));
+    using clk = std::chrono::steady_clock;
+    for (int w = 0; w < 2; ++w) {  // w = 0 warms up
+        const auto t0 = clk::now();
+        for (int64_t r = 0; r < reps; ++r) avx512_vnni_gemv_q8(ms[r % mats].W, tab, xa.v, nullptr, 1, 0, N, y.data(), 0);
+        const double sec = std::chrono::duration<double>(clk::now() - t0).count();
+        if (w)
+            std::printf("rows: N %lld x K %lld, %lld matrices (%.1f MB), one core: %.1f weights/ns, %.1f GB/s of codes + "
+                        "scales\n", (long long)N, (long long)K, (long long)mats, mats * bytes(ms[0].W, N) / 1e6,
+                        (double)N * K * reps / sec / 1e9, bytes(ms[0].W, N) * reps / sec / 1e9);
+    }
+    return 0;
+}
+
 int main(int argc, char** argv) {
     if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avx512vbmi")) {
         std::fprintf(stderr, "needs AVX512-VNNI/VBMI\n");
         return 1;
+    }
+    if (argc > 1 && std::string(argv[1]) == "rows") {
+        tbb::global_control gc(tbb::global_control::max_allowed_parallelism, 1);
+        return rows_main(argc > 2 ? std::atoll(argv[2]) : 65536, argc > 3 ? std::atoll(argv[3]) : 2048,
+                         argc > 4 ? std::atoll(argv[4]) : 3);
     }
     const int T = argc > 1 ? std::atoi(argv[1]) : 2, steps = argc > 2 ? std::atoi(argv[2]) : 20;
     g_huge = argc > 3 ? std::atoi(argv[3]) != 0 : true;
