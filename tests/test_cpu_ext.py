@@ -815,6 +815,9 @@ def test_packed_operands_bad_blob(ext):
         factory.create("MatMul3", [x.output(0)] + _consts([bad]), a)
     with pytest.raises(Exception, match=r"S, Z, C\), got 3 sections"):
         factory.create("MatMul3", [x.output(0)] + _consts([R.pack_operands(operands[:3])]), a)
+    x128 = ops.parameter([-1, 128], np.float32)  # the blob's W holds K = 256: checked from its header
+    with pytest.raises(Exception, match="does not hold K = 128"):
+        factory.create("MatMul3", [x128.output(0)] + _consts([blob]), a)
     wrong = R.pack_operands([operands[0], operands[1].astype(np.uint8), operands[2], operands[3]])  # u8 scales
     node = factory.create("MatMul3", [x.output(0)] + _consts([wrong]), a)
     cm = core.compile_model(ov.Model([node.output(0)], [x]), "CPU", F32)

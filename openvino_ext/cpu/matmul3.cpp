@@ -38,39 +38,29 @@ MatMul3::MatMul3(const ov::OutputVector& args, int64_t group_size, int64_t k3_ve
 }
 
 void MatMul3::validate_and_infer_types() {
-    if (get_input_size() == 2) {  // packed form (X, P): P's sections are checked at the first evaluate()
-        check_act_type(this, 0);
-        check_k3_version(this, m_k3_version);
-        const auto tp = get_input_element_type(1);
-        NODE_VALIDATION_CHECK(this, tp.is_dynamic() || tp == ov::element::u8, "packed operands must be u8, got ", tp);
-        const auto& xs = get_input_partial_shape(0);
-        ov::PartialShape out = ov::PartialShape::dynamic();
-        if (xs.rank().is_static()) {
-            NODE_VALIDATION_CHECK(this, xs.rank().get_length() >= 1, "X must have rank >= 1");
-            std::vector<ov::Dimension> dims(xs.begin(), xs.end());
-            dims.back() = ov::Dimension::dynamic();
-            if (const auto* pc = packed_constant(this, 1)) {  // N = W's rows (section 0)
-                const auto secs = parse_packed(pc->get_data_ptr<uint8_t>(), pc->get_byte_size(), "MatMul3");
-                NODE_VALIDATION_CHECK(this, secs.size() == 4 && secs[0].shape.size() == 3,
-                                      "packed MatMul3 operands must be (W [N, Kb, 12], S, Z, C), got ", secs.size(),
-                                      " sections");
-                dims.back() = (int64_t)secs[0].shape[0];
-            }
-            out = ov::PartialShape(dims);
-        }
-        const auto tx = get_input_element_type(0);
-        set_output_type(0, tx.is_dynamic() ? ov::element::f32 : tx, out);
-        return;
-    }
-    NODE_VALIDATION_CHECK(this, get_input_size() == 5, "MatMul3 takes 5 inputs (X, W, S, Z, C) or 2 (X, packed "
-                          "operands), got ", get_input_size());
+    const bool packed = get_input_size() == 2;  // (X, P): P's sections are checked at the first evaluate()
+    NODE_VALIDATION_CHECK(this, packed || get_input_size() == 5, "MatMul3 takes 5 inputs (X, W, S, Z, C) or 2 (X, "
+                          "packed operands), got ", get_input_size());
     const auto tx = get_input_element_type(0);
     check_act_type(this, 0);
-    check_weight_types(this, 1);
-    check_codebook(this, 4);
     check_k3_version(this, m_k3_version);
+    ov::PartialShape ws = ov::PartialShape::dynamic();  // W [N, Kb, 12]
+    if (packed) {
+        const auto tp = get_input_element_type(1);
+        NODE_VALIDATION_CHECK(this, tp.is_dynamic() || tp == ov::element::u8, "packed operands must be u8, got ", tp);
+        if (const auto* pc = packed_constant(this, 1)) {  // W's shape from the header (section 0)
+            const auto secs = parse_packed(pc->get_data_ptr<uint8_t>(), pc->get_byte_size(), "MatMul3");
+            NODE_VALIDATION_CHECK(this, secs.size() == 4 && secs[0].shape.size() == 3,
+                                  "packed MatMul3 operands must be (W [N, Kb, 12], S, Z, C), got ", secs.size(),
+                                  " sections");
+            ws = ov::PartialShape(secs[0].shape);
+        }
+    } else {
+        check_weight_types(this, 1);
+        check_codebook(this, 4);
+        ws = get_input_partial_shape(1);
+    }
     const auto& xs = get_input_partial_shape(0);
-    const auto& ws = get_input_partial_shape(1);
     ov::PartialShape out = ov::PartialShape::dynamic();
     if (xs.rank().is_static()) {
         NODE_VALIDATION_CHECK(this, xs.rank().get_length() >= 1, "X must have rank >= 1");

@@ -116,7 +116,6 @@ void store_result(ov::Tensor& out, const float* y, size_t n) {
     }
 }
 
-
 // ---- packed operands
 namespace {
 template <class T>

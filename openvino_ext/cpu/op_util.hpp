@@ -1,4 +1,4 @@
-// Operand checks shared by MatMul3 and MoE3.
+// Operand checks shared by MatMul3 and MoE3, and their packed-operand form.
 #pragma once
 #include <functional>
 #include <memory>
@@ -49,12 +49,9 @@ void store_result(ov::Tensor& out, const float* y, size_t n);
 // Env NNCF_MOE3_PROFILE (or nncf_moe3_profile(.., enable = 1)): the ops time their evaluate() calls.
 bool profiling_on();
 
-}  // namespace nncf_moe3
-
 // ---- packed operands (openvino_ext/reference.py: pack_operands): the CPU form of the ops takes X (+ MoE3's router
 // logits) and ONE u8 tensor holding every constant operand, because the CPU plugin's work per extension node grows
 // with its input count (a Constant and a tensor view per input, on every inference: ~2-4 us per input on cold caches).
-namespace nncf_moe3 {
 
 constexpr uint32_t PACK_MAGIC = 0x4B50334Bu;  // bytes "K3PK"
 constexpr uint32_t PACK_VERSION = 1;

@@ -558,7 +558,12 @@ def _pack(model, factory, stats):
             logger.info("%s %s stays unpacked: an operand is not a Constant", t, node.get_friendly_name())
             stats["unpacked"] += 1
             continue
-        blob = ops.constant(pack_operands(arrays))
+        try:
+            blob = ops.constant(pack_operands(arrays))
+        except ValueError as why:  # an operand type the blob format does not hold: the op stays as it is
+            logger.info("%s %s stays unpacked: %s", t, node.get_friendly_name(), why)
+            stats["unpacked"] += 1
+            continue
         blob.set_friendly_name(node.get_friendly_name() + "/packed_operands")
         packed = factory.create(t, [node.input(i).get_source_output() for i in range(lead)] + [blob.output(0)],
                                 node.get_attributes())
