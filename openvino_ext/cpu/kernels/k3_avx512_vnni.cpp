@@ -161,11 +161,14 @@ inline TokX tok_x(const QAct& X, const int32_t* tok, int M) {
     return t;
 }
 
-// prefetch distance: at least 4 rows (the next row group) and at least ~3 KB ahead for short rows (down
+// prefetch distance: at least 4 rows (the next row group) and at least ~4 KB ahead for short rows (down
 // projections, K = 768 -> 288 B per row); measured on K = 4096: 4 rows 1.65x faster than none, 8/16 rows slower
+// (Zen 4). Zen 5 (session 8), where one core streams ~33 GB/s: a 3 KB floor covers only ~90 ns of DRAM latency;
+// 4 KB: one core from DRAM (`gemv_bench rows 65536 2048 3`) 79-89 -> 94-96 weights/ns, `gemv_bench 1 20` median
+// 6.17 -> 5.80 ms, 2 threads 3.74 -> 3.70 ms (5 alternating runs); the MoE stack through OpenVINO within noise.
 // tunables (compile-time, for experiments): prefetch distance floor in bytes (0 = no software prefetch) and hint
 #ifndef K3_PF_BYTES
-#define K3_PF_BYTES 3072
+#define K3_PF_BYTES 4096
 #endif
 #ifndef K3_PF_HINT
 #define K3_PF_HINT _MM_HINT_T0
