@@ -56,7 +56,9 @@ def _clib():
 
 
 def isa() -> str:
-    """Kernel ISA the extension uses now ("avx512", "avx2" or "scalar"; env NNCF_MOE3_ISA lowers it)."""
+    """Kernel ISA the extension uses now: "avx512_vnni" / "avx2_vnni" (int8-activation kernels), "avx512" / "avx2"
+    (exact f32 kernels; also under NNCF_MOE3_ACT_QUANT=0), "scalar", or the opt-in "amx" / "amx_emulate"; env
+    NNCF_MOE3_ISA lowers it."""
     return _clib().nncf_moe3_isa().decode()
 
 

@@ -43,11 +43,13 @@ def ext():
 # "avx512_vnni" = AVX-512 with the int8-activation kernels (decode GEMV, prefill GEMM; default on VNNI CPUs;
 # approximate like OpenVINO's dynamic quantization), "amx" = the same with the AMX-INT8 prefill GEMM (opt-in,
 # skipped without AMX), "amx_emulate" = that AMX GEMM with emulated tile instructions (checks its tiling on any
-# VNNI CPU); the others are exact f32 kernels (NNCF_MOE3_ACT_QUANT=0). The ISA env is read on every op call.
-QUANT_ISAS = ("avx512_vnni", "amx", "amx_emulate")
+# VNNI CPU), "avx2_vnni" = the int8 kernels in 256-bit AVX2 + AVX-VNNI form (CPUs without AVX-512 VNNI that have
+# AVX-VNNI: Intel Alder Lake+, AMD Zen 5; skipped elsewhere); the others are exact f32 kernels
+# (NNCF_MOE3_ACT_QUANT=0). The ISA env is read on every op call.
+QUANT_ISAS = ("avx512_vnni", "amx", "amx_emulate", "avx2_vnni")
 
 
-@pytest.fixture(params=["amx", "amx_emulate", "avx512_vnni", "avx512", "avx2", "scalar"])
+@pytest.fixture(params=["amx", "amx_emulate", "avx512_vnni", "avx512", "avx2_vnni", "avx2", "scalar"])
 def isa(request, monkeypatch):
     import openvino_ext
 
@@ -613,7 +615,7 @@ def test_q8_gemm_equals_gemv(ext, monkeypatch, mode, gs, kern):
     token tails (and, for AMX, the fallback to the VNNI GEMM at group size 32)."""
     import openvino_ext
 
-    monkeypatch.setenv("NNCF_MOE3_ISA", kern if kern.startswith("amx") else "avx512")
+    monkeypatch.setenv("NNCF_MOE3_ISA", kern if kern.startswith("amx") else kern.split("_")[0])
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
     if openvino_ext.isa() != kern:
         pytest.skip(f"CPU lacks {kern}")
@@ -833,3 +835,26 @@ def test_packed_operands_bad_blob(ext):
     trunc = blob[:100].copy()
     with pytest.raises(ValueError, match="corrupt header|out of bounds"):
         R.unpack_operands(trunc)
+
+
+@pytest.mark.parametrize("case", _rand_cases(23, 9), ids=lambda c: f"m{c['m']}-n{c['n']}-k{c['k']}-g{c['gs']}-{c['mode']}")
+def test_avx2_vnni_matches_avx512_vnni(ext, monkeypatch, case):
+    """The AVX2 + AVX-VNNI int8 kernels quantize the activations and build the levels exactly as the AVX-512 VNNI
+    ones, so both give the same products up to float summation order (decode GEMV and the prefill path)."""
+    import openvino_ext
+
+    monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
+    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2")
+    if openvino_ext.isa() != "avx2_vnni":
+        pytest.skip("CPU lacks AVX-VNNI")
+    monkeypatch.setenv("NNCF_MOE3_ISA", "avx512")
+    if openvino_ext.isa() != "avx512_vnni":
+        pytest.skip("CPU lacks AVX512-VNNI (nothing to compare with)")
+    rng = np.random.default_rng(case["seed"])
+    w, s, z, c = R.random_case(rng, case["n"], case["k"], case["gs"], case["mode"])
+    cm = _matmul3_model(ext, case["k"], w, s, z, c, case["gs"])
+    x = rng.standard_normal((case["m"], case["k"])).astype(np.float32)
+    y512 = cm(x)[0]
+    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2")
+    y256 = cm(x)[0]
+    np.testing.assert_allclose(y256, y512, rtol=1e-4, atol=1e-5 * np.abs(y512).max())

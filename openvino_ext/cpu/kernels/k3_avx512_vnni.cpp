@@ -33,55 +33,6 @@ namespace nncf_moe3 {
 namespace k3 {
 namespace {
 
-struct Levels {
-    alignas(64) uint8_t lut[64];
-    float alpha, off;  // T[q] ~= (lut[q] - off) / alpha
-    float inv_alpha;   // 1 / alpha
-    bool ident;        // lut[q] == q (integer codebook, scalar zero point folded into off)
-};
-
-Levels make_levels(const Table& T) {
-    Levels L;
-    bool integral = true;
-    float mn = T.t[0], mx = T.t[0], amax = 0.f;
-    for (int i = 0; i < 8; ++i) {
-        integral &= T.t[i] == std::nearbyint(T.t[i]);
-        mn = T.t[i] < mn ? T.t[i] : mn;
-        mx = T.t[i] > mx ? T.t[i] : mx;
-        amax = std::fabs(T.t[i]) > amax ? std::fabs(T.t[i]) : amax;
-    }
-    if (integral && mx - mn <= 255.f) {
-        L.alpha = 1.f;
-        L.off = -mn;
-    } else {  // NF3 and other real codebooks: 8-bit levels round(127 * C / max|C|) + 128
-        L.alpha = amax > 0.f ? 127.f / amax : 1.f;
-        L.off = 128.f;
-    }
-    L.inv_alpha = 1.f / L.alpha;
-    L.ident = true;
-    for (int i = 0; i < 64; ++i) {
-        L.lut[i] = (uint8_t)(int)std::nearbyint(T.t[i & 7] * L.alpha + L.off);
-        if (i < 8) L.ident &= L.lut[i] == i;
-    }
-    return L;
-}
-
-// make_levels for the table of a kernel call, memoized per thread (two entries: gate + up tables): every GEMV task
-// calls it, and the tables of one model are a handful of distinct ones
-Levels levels_of(const Table& T) {
-    thread_local Table key[2];
-    thread_local Levels val[2];
-    thread_local int n = 0, next = 0;
-    for (int i = 0; i < n; ++i)
-        if (std::memcmp(key[i].t, T.t, sizeof T.t) == 0) return val[i];
-    key[next] = T;
-    val[next] = make_levels(T);
-    const Levels& L = val[next];
-    next ^= 1;
-    n = n < 2 ? n + 1 : 2;
-    return L;
-}
-
 inline bool same_levels(const Levels& a, const Levels& b) {
     return a.alpha == b.alpha && a.off == b.off && std::memcmp(a.lut, b.lut, 8) == 0;
 }

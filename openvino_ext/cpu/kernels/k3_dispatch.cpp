@@ -31,6 +31,15 @@ bool cpu_has_avx512_vnni() {
     return v;
 }
 
+bool cpu_has_avx2_vnni() {
+#ifdef NNCF_MOE3_WITH_AVXVNNI
+    static const bool v = cpu_has_avx2() && __builtin_cpu_supports("avxvnni");
+    return v;
+#else
+    return false;
+#endif
+}
+
 bool cpu_has_amx() {
     static const bool v = [] {
 #if defined(__linux__) && defined(SYS_arch_prctl)
@@ -56,6 +65,18 @@ static Kernels make_vnni() {
     k.gemv_q8 = avx512_vnni_gemv_q8;
     k.gemv2_q8 = avx512_vnni_gemv2_q8;
     k.gemm_q8 = avx512_vnni_gemm_q8;
+    return k;
+}
+
+static Kernels make_avx2_vnni() {
+    Kernels k = avx2_kernels;
+#ifdef NNCF_MOE3_WITH_AVXVNNI
+    k.name = "avx2_vnni";
+    k.quantize = avx2_vnni_quantize;
+    k.gemv_q8 = avx2_vnni_gemv_q8;
+    k.gemv2_q8 = avx2_vnni_gemv2_q8;
+    k.gemm_q8 = avx2_vnni_gemm_q8;
+#endif
     return k;
 }
 
@@ -86,6 +107,10 @@ const Kernels& select() {
     }
     if (cap >= 2 && act_quant && cpu_has_avx512_vnni()) return vnni;
     if (cap >= 2 && cpu_has_avx512()) return avx512_kernels;
+    if (cap >= 1 && act_quant && cpu_has_avx2_vnni()) {
+        static const Kernels avx2_vnni = make_avx2_vnni();
+        return avx2_vnni;
+    }
     if (cap >= 1 && cpu_has_avx2()) return avx2_kernels;
     return scalar_kernels;
 }

@@ -89,6 +89,18 @@ struct Kernels {
                     int64_t n1, float* y, int64_t ldy);
 };
 
+// u8 levels of the int8-activation kernels for a codebook table: T[q] ~= (lut[q] - off) / alpha. Integer codebooks
+// (every int3 mode): exact, alpha = 1, off = -min; real codebooks (NF3): round(127 * C / max|C|) + 128.
+struct Levels {
+    alignas(64) uint8_t lut[64];  // lut[i] = level of code i & 7
+    float alpha, off;
+    float inv_alpha;  // 1 / alpha
+    bool ident;       // lut[q] == q (integer codebook, scalar zero point folded into off)
+};
+Levels make_levels(const Table& T);
+// make_levels memoized per thread (two entries: a GEMV task's gate + up tables), k3_runtime.cpp
+Levels levels_of(const Table& T);
+
 constexpr int64_t Q8_MAX_G = 1024;  // groups per row the int8 kernels handle (K <= 32768 at group size 32)
 inline bool q8_eligible(const Kernels& Kn, const Weight& W) { return Kn.gemm_q8 && W.G <= Q8_MAX_G; }
 
@@ -105,7 +117,18 @@ void avx512_amx_gemm_q8(const Weight& W, const Table& T, const QAct& X, const in
 // the same tiling with a scalar emulation of the tile instructions (tests on CPUs without AMX)
 void avx512_amx_emu_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M,
                             int64_t n0, int64_t n1, float* y, int64_t ldy);
+// AVX2 + AVX-VNNI forms of the int8-activation kernels (k3_avx2_vnni.cpp; built when the compiler has -mavxvnni)
+void avx2_vnni_quantize(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs, int8_t* q,
+                        float* dx, float* sum);
+void avx2_vnni_gemv_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int M, int64_t n0,
+                       int64_t n1, float* y, int64_t ldy);
+void avx2_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, const Table& Tb, const QAct& X,
+                        const int32_t* tok, int M, int64_t n0, int64_t n1, float* ya, float* yb, int64_t ldy);
+void avx2_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
+                       int64_t n1, float* y, int64_t ldy);
 bool cpu_has_avx512_vnni();
+// AVX2 + FMA + F16C + AVX-VNNI, and the kernels for it were built
+bool cpu_has_avx2_vnni();
 // AMX-TILE + AMX-INT8 in CPUID and the Linux permission to use tile data (arch_prctl ARCH_REQ_XCOMP_PERM,
 // requested once per process)
 bool cpu_has_amx();
@@ -118,7 +141,7 @@ extern const Kernels avx512_kernels;
 // NNCF_MOE3_ISA=amx opts into the AMX-INT8 prefill GEMM (not validated on AMX hardware yet), amx_emulate runs the
 // same GEMM with emulated tile instructions (any AVX512-VNNI CPU; slow, for tests). On CPUs
 // with AVX512-VNNI/VBMI the int8-activation kernels (quantize / gemv_q8 / gemv2_q8 / gemm_q8) are set unless
-// NNCF_MOE3_ACT_QUANT=0.
+// NNCF_MOE3_ACT_QUANT=0; CPUs (or NNCF_MOE3_ISA=avx2) with AVX2 + AVX-VNNI get their 256-bit form ("avx2_vnni").
 const Kernels& select();
 bool cpu_has_avx512();
 bool cpu_has_avx2();
