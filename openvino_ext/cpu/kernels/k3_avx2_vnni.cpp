@@ -78,6 +78,42 @@ inline float hsum8(__m256 v) {
 
 inline float scale_at(const Weight& W, int64_t i) { return W.sf ? W.sf[i] : _cvtsh_ss(W.s[i]); }
 
+// Group factors of row n, 8 groups at a time: f[m][g] = s_g / alpha * dx[m][g] and the row's correction
+// corr[m] = sum_g f[m][g] * (off + alpha * z_g) * sum_q[m][g] (subtracted once per row)
+template <int M>
+inline void row_factors(const Weight& W, const Levels& L, const QAct& X, const int64_t* xr, int64_t n, float* f,
+                        float* corr) {
+    __m256 c[M];
+    for (int m = 0; m < M; ++m) c[m] = _mm256_setzero_ps();
+    const __m256 ia = _mm256_set1_ps(L.inv_alpha), al = _mm256_set1_ps(L.alpha), off = _mm256_set1_ps(L.off);
+    int64_t g = 0;
+    for (; g + 8 <= W.G; g += 8) {
+        const int64_t i = n * W.G + g;
+        const __m256 s = _mm256_mul_ps(W.sf ? _mm256_loadu_ps(W.sf + i)
+                                            : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.s + i))),
+                                       ia);
+        const __m256 zo = W.z ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                                    _mm_loadl_epi64(reinterpret_cast<const __m128i*>(W.z + i)))),
+                                                al, off)
+                              : off;
+        for (int m = 0; m < M; ++m) {
+            const __m256 fm = _mm256_mul_ps(s, _mm256_loadu_ps(X.dx + xr[m] * X.G + g));
+            _mm256_storeu_ps(f + m * Q8_MAX_G + g, fm);
+            c[m] = _mm256_fmadd_ps(_mm256_mul_ps(fm, zo), _mm256_loadu_ps(X.sum + xr[m] * X.G + g), c[m]);
+        }
+    }
+    for (int m = 0; m < M; ++m) corr[m] = hsum8(c[m]);
+    for (; g < W.G; ++g) {  // tail groups
+        const float sg = scale_at(W, n * W.G + g) * L.inv_alpha;
+        const float zo = L.off + (W.z ? L.alpha * (float)W.z[n * W.G + g] : 0.f);
+        for (int m = 0; m < M; ++m) {
+            const float fm = sg * X.dx[xr[m] * X.G + g];
+            f[m * Q8_MAX_G + g] = fm;
+            corr[m] += fm * zo * X.sum[xr[m] * X.G + g];
+        }
+    }
+}
+
 // rows [n0, n1) of W for M <= GEMV_MAX_M tokens; token m reads q / dx / sum rows xr[m]
 // BPG: blocks per group at compile time for the common group sizes (4 = 128, 2 = 64; 0 = W.bpg at run time): the
 // block loop then unrolls with no parity test (MoE-stack decode 11.6-11.9 -> 8.1-8.8 ms on the Zen 5 VM)
@@ -85,15 +121,15 @@ template <int M, bool LUT, int BPG>
 void gemv_rows(const Weight& W, const Levels& L, const Unpack2& U, const int64_t* xr, const QAct& X, int64_t n0,
                int64_t n1, float* y, int64_t ldy) {
     const int64_t rb = W.Kb * BLOCK_BYTES;
+    alignas(32) float f[M * Q8_MAX_G];  // this row's group factors [m][g]
     for (int64_t n = n0; n < n1; ++n) {
         const uint8_t* p = W.w + n * rb;
         _mm_prefetch(reinterpret_cast<const char*>(p + 4 * rb), _MM_HINT_T0);
         __m256 t[M];
         float corr[M];
-        for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps(), corr[m] = 0.f;
+        row_factors<M>(W, L, X, xr, n, f, corr);
+        for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
         for (int64_t g = 0; g < W.G; ++g) {
-            const float sg = scale_at(W, n * W.G + g) * L.inv_alpha;
-            const float zo = L.off + (W.z ? L.alpha * (float)W.z[n * W.G + g] : 0.f);
             // two accumulators per token (even / odd block of the group): the vpdpbusd latency does not chain
             __m256i acc[M], ac2[M];
             for (int m = 0; m < M; ++m) acc[m] = ac2[m] = _mm256_setzero_si256();
@@ -125,11 +161,8 @@ void gemv_rows(const Weight& W, const Levels& L, const Unpack2& U, const int64_t
                         acc[m], lv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(X.q + xr[m] * X.ldq + b * BLOCK)));
             }
             for (int m = 0; m < M; ++m) acc[m] = _mm256_add_epi32(acc[m], ac2[m]);
-            for (int m = 0; m < M; ++m) {
-                const float f = sg * X.dx[xr[m] * X.G + g];
-                t[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), _mm256_set1_ps(f), t[m]);
-                corr[m] += f * zo * X.sum[xr[m] * X.G + g];
-            }
+            for (int m = 0; m < M; ++m)
+                t[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), _mm256_set1_ps(f[m * Q8_MAX_G + g]), t[m]);
         }
         for (int m = 0; m < M; ++m) y[m * ldy + (n - n0)] = hsum8(t[m]) - corr[m];
     }
