@@ -66,27 +66,22 @@ struct Unpack {
         four = _mm512_set1_epi8(4);
         lut = _mm512_load_si512(L.lut);
     }
-    // u8 levels of the 64 codes of the super-block at sp
-    template <bool LUT>
-    inline __m512i levels(const uint8_t* sp) const {
-        const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
-        uint64_t hi;
-        std::memcpy(&hi, sp + 16, 8);
-        const __m512i q = gf ? _mm512_gf2p8affine_epi64_epi8(v, gfm, 0) : _mm512_and_si512(_mm512_srlv_epi32(v, shifts), three);
-        const __m512i c = _mm512_mask_add_epi8(q, _cvtu64_mask64(hi), q, four);
-        // integer codebooks: level = code; otherwise the 64-entry byte LUT
-        return LUT ? _mm512_permutexvar_epi8(c, lut) : c;
-    }
-    // the same with the unpack variant fixed at compile time (decode GEMV: no per-super-block test of gf):
-    // LV bit 0 = LUT, bit 1 = GFNI
+    // u8 levels of the 64 codes of the super-block at sp, the unpack variant fixed at compile time (decode GEMV: no
+    // per-super-block test of gf): LV bit 0 = LUT (real codebooks: the 64-entry byte LUT; integer ones: level =
+    // code), bit 1 = GFNI
     template <int LV>
-    inline __m512i levels_of(const uint8_t* sp) const {
+    inline __m512i levels_lv(const uint8_t* sp) const {
         const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
         uint64_t hi;
         std::memcpy(&hi, sp + 16, 8);
         const __m512i q = (LV & 2) ? _mm512_gf2p8affine_epi64_epi8(v, gfm, 0) : _mm512_and_si512(_mm512_srlv_epi32(v, shifts), three);
         const __m512i c = _mm512_mask_add_epi8(q, _cvtu64_mask64(hi), q, four);
         return (LV & 1) ? _mm512_permutexvar_epi8(c, lut) : c;
+    }
+    // the same with the variant chosen at run time (GEMM tile unpack, once per tile row)
+    template <bool LUT>
+    inline __m512i levels(const uint8_t* sp) const {
+        return gf ? levels_lv<(LUT ? 1 : 0) | 2>(sp) : levels_lv<LUT ? 1 : 0>(sp);
     }
 };
 
@@ -200,7 +195,7 @@ inline __m512 neg_corr(const float* c, int64_t G) {
 
 // One row x M tokens. Rows are processed one at a time so that each thread reads ONE sequential stream (the
 // hardware prefetchers follow it; measured on a Zen 4 VM, K = 2048, 1 thread from DRAM: 4 interleaved rows
-// 8 GB/s, 1 row 12 GB/s), plus a software prefetch ~3 KB ahead. For M = 1 two accumulators alternate along K
+// 8 GB/s, 1 row 12 GB/s), plus a software prefetch >= 4 KB ahead (prefetch_bytes). For M = 1 two accumulators alternate along K
 // so that the vpdpbusd latency (4-5 cycles) does not bound the loop.
 template <int M, int LV, int BPG>
 inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int64_t fs, const TokX& X, __m512* tot,
@@ -222,7 +217,7 @@ inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int
         int64_t b = g * bpg;
         const int64_t b1 = b + bpg;
         if (b & 1) {  // odd block: upper half of super-block b - 1 (activations shifted, lower half masked)
-            const __m512i lv = U.levels_of<LV>(p + (b - 1) * BLOCK_BYTES);
+            const __m512i lv = U.levels_lv<LV>(p + (b - 1) * BLOCK_BYTES);
             __m512i xv = _mm512_maskz_loadu_epi8(HIGH_HALF, x0 + (b - 1) * BLOCK);
             K3_DPBUSD(a0, lv, xv);
             if (M > 1) {
@@ -242,14 +237,14 @@ inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int
         if (M == 1)
             for (; b + 4 <= b1; b += 4) {
                 if (K3_PF_BYTES) _mm_prefetch((const char*)(p + b * BLOCK_BYTES + pf), K3_PF_HINT);
-                const __m512i lv = U.levels_of<LV>(p + b * BLOCK_BYTES), lw = U.levels_of<LV>(p + (b + 2) * BLOCK_BYTES);
+                const __m512i lv = U.levels_lv<LV>(p + b * BLOCK_BYTES), lw = U.levels_lv<LV>(p + (b + 2) * BLOCK_BYTES);
                 const __m512i xa = _mm512_loadu_si512(x0 + b * BLOCK), xb = _mm512_loadu_si512(x0 + (b + 2) * BLOCK);
                 K3_DPBUSD(a0, lv, xa);
                 K3_DPBUSD(c0, lw, xb);
             }
         for (; b + 2 <= b1; b += 2) {
             if (K3_PF_BYTES) _mm_prefetch((const char*)(p + b * BLOCK_BYTES + pf), K3_PF_HINT);
-            const __m512i lv = U.levels_of<LV>(p + b * BLOCK_BYTES);
+            const __m512i lv = U.levels_lv<LV>(p + b * BLOCK_BYTES);
             __m512i xv = _mm512_loadu_si512(x0 + b * BLOCK);
             K3_DPBUSD(a0, lv, xv);
             if (M > 1) {
@@ -266,7 +261,7 @@ inline void row1(const Weight& W, int64_t n, const float* f, const float* c, int
             }
         }
         if (b < b1) {  // one even block left (group size 32, 96, ...): lower half of its super-block
-            const __m512i lv = U.levels_of<LV>(p + b * BLOCK_BYTES);
+            const __m512i lv = U.levels_lv<LV>(p + b * BLOCK_BYTES);
             const __mmask64 k = LOW_HALF;
             __m512i xv = _mm512_maskz_loadu_epi8(k, x0 + b * BLOCK);
             K3_DPBUSD(a0, lv, xv);

@@ -218,6 +218,5 @@ Levels levels_of(const Table& T) {
     return L;
 }
 
-
 }  // namespace k3
 }  // namespace nncf_moe3
