@@ -21,7 +21,7 @@ from pathlib import Path
 
 SRC_DIR = Path(__file__).resolve().parent / "cpu"
 LIB_NAME = "libnncf_moe3_cpu.so"
-_SOURCE_SUFFIXES = {".cpp", ".hpp", ".txt"}
+_SOURCE_SUFFIXES = {".cpp", ".hpp", ".inc", ".txt"}
 
 
 class BuildError(RuntimeError):

@@ -44,16 +44,22 @@ def ext():
 # approximate like OpenVINO's dynamic quantization), "amx" = the same with the AMX-INT8 prefill GEMM (opt-in,
 # skipped without AMX), "amx_emulate" = that AMX GEMM with emulated tile instructions (checks its tiling on any
 # VNNI CPU), "avx2_vnni" = the int8 kernels in 256-bit AVX2 + AVX-VNNI form (CPUs without AVX-512 VNNI that have
-# AVX-VNNI: Intel Alder Lake+, AMD Zen 5; skipped elsewhere); the others are exact f32 kernels
+# AVX-VNNI: Intel Alder Lake+, AMD Zen 5; skipped elsewhere), "avx2_int8" = the same with a plain-AVX2 vpmaddubsw
+# dot product (AVX2 CPUs without AVX-VNNI; forced here on any AVX2 CPU); the others are exact f32 kernels
 # (NNCF_MOE3_ACT_QUANT=0). The ISA env is read on every op call.
-QUANT_ISAS = ("avx512_vnni", "amx", "amx_emulate", "avx2_vnni")
+QUANT_ISAS = ("avx512_vnni", "amx", "amx_emulate", "avx2_vnni", "avx2_int8")
 
 
-@pytest.fixture(params=["amx", "amx_emulate", "avx512_vnni", "avx512", "avx2_vnni", "avx2", "scalar"])
+def _forced_isa(name):
+    """NNCF_MOE3_ISA value that selects the kernels called ``name``."""
+    return name if name.startswith("amx") or name == "avx2_int8" else name.split("_")[0]
+
+
+@pytest.fixture(params=["amx", "amx_emulate", "avx512_vnni", "avx512", "avx2_vnni", "avx2_int8", "avx2", "scalar"])
 def isa(request, monkeypatch):
     import openvino_ext
 
-    forced = request.param if request.param.startswith("amx") else request.param.split("_")[0]
+    forced = _forced_isa(request.param)
     monkeypatch.setenv("NNCF_MOE3_ISA", forced)
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1" if request.param in QUANT_ISAS else "0")
     got = openvino_ext.isa()
@@ -615,7 +621,7 @@ def test_q8_gemm_equals_gemv(ext, monkeypatch, mode, gs, kern):
     token tails (and, for AMX, the fallback to the VNNI GEMM at group size 32)."""
     import openvino_ext
 
-    monkeypatch.setenv("NNCF_MOE3_ISA", kern if kern.startswith("amx") else kern.split("_")[0])
+    monkeypatch.setenv("NNCF_MOE3_ISA", _forced_isa(kern))
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
     if openvino_ext.isa() != kern:
         pytest.skip(f"CPU lacks {kern}")
@@ -837,16 +843,18 @@ def test_packed_operands_bad_blob(ext):
         R.unpack_operands(trunc)
 
 
+@pytest.mark.parametrize("kern", ["avx2_vnni", "avx2_int8"])
 @pytest.mark.parametrize("case", _rand_cases(23, 9), ids=lambda c: f"m{c['m']}-n{c['n']}-k{c['k']}-g{c['gs']}-{c['mode']}")
-def test_avx2_vnni_matches_avx512_vnni(ext, monkeypatch, case):
-    """The AVX2 + AVX-VNNI int8 kernels quantize the activations and build the levels exactly as the AVX-512 VNNI
-    ones, so both give the same products up to float summation order (decode GEMV and the prefill path)."""
+def test_avx2_q8_matches_avx512_vnni(ext, monkeypatch, case, kern):
+    """The 256-bit int8 kernels (AVX-VNNI or plain-AVX2 dot product) quantize the activations and build the levels
+    exactly as the AVX-512 VNNI ones, so both give the same products up to float summation order (decode GEMV and
+    the prefill path)."""
     import openvino_ext
 
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
-    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2")
-    if openvino_ext.isa() != "avx2_vnni":
-        pytest.skip("CPU lacks AVX-VNNI")
+    monkeypatch.setenv("NNCF_MOE3_ISA", _forced_isa(kern))
+    if openvino_ext.isa() != kern:
+        pytest.skip(f"CPU lacks {kern}")
     monkeypatch.setenv("NNCF_MOE3_ISA", "avx512")
     if openvino_ext.isa() != "avx512_vnni":
         pytest.skip("CPU lacks AVX512-VNNI (nothing to compare with)")
@@ -855,6 +863,61 @@ def test_avx2_vnni_matches_avx512_vnni(ext, monkeypatch, case):
     cm = _matmul3_model(ext, case["k"], w, s, z, c, case["gs"])
     x = rng.standard_normal((case["m"], case["k"])).astype(np.float32)
     y512 = cm(x)[0]
-    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2")
+    monkeypatch.setenv("NNCF_MOE3_ISA", _forced_isa(kern))
     y256 = cm(x)[0]
     np.testing.assert_allclose(y256, y512, rtol=1e-4, atol=1e-5 * np.abs(y512).max())
+
+
+@pytest.mark.parametrize("case", _rand_cases(31, 6), ids=lambda c: f"m{c['m']}-n{c['n']}-k{c['k']}-g{c['gs']}-{c['mode']}")
+def test_avx2_int8_equals_avx2_vnni(ext, monkeypatch, case):
+    """vpmaddubsw (16-bit partial sums, widened per chunk) and vpdpbusd compute the same exact integer sums in the
+    same order of float operations: bit-identical outputs."""
+    import openvino_ext
+
+    monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
+    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2")
+    if openvino_ext.isa() != "avx2_vnni":
+        pytest.skip("CPU lacks AVX-VNNI (nothing to compare with)")
+    rng = np.random.default_rng(case["seed"])
+    w, s, z, c = R.random_case(rng, case["n"], case["k"], case["gs"], case["mode"])
+    cm = _matmul3_model(ext, case["k"], w, s, z, c, case["gs"])
+    x = rng.standard_normal((case["m"], case["k"])).astype(np.float32)
+    yv = cm(x)[0]
+    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2_int8")
+    assert openvino_ext.isa() == "avx2_int8"
+    np.testing.assert_array_equal(cm(x)[0], yv)
+
+
+@pytest.mark.parametrize("mode", ["int3_sym", "int3_asym", "nf3"])
+@pytest.mark.parametrize("gs", [128, 1024, 4096])
+def test_avx2_int8_no_saturation(ext, monkeypatch, mode, gs):
+    """Worst case for the 16-bit partial sums of the plain-AVX2 dot product: every activation quantizes to +-127 and
+    every row holds one code along K (row r: code r % 8, so the largest level of every codebook is there), over
+    group sizes that take one chunk, several chunks (1024) and a 4096-wide per-channel group; a saturated vpmaddubsw
+    or int16 sum would be off by tens of percent."""
+    import openvino_ext
+
+    from nncf_moe3.quantization import NF3_CODEBOOK
+
+    monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
+    monkeypatch.setenv("NNCF_MOE3_ISA", "avx2_int8")
+    if openvino_ext.isa() != "avx2_int8":
+        pytest.skip("CPU lacks AVX2")
+    n, k = 16, 4096
+    rng = np.random.default_rng(gs)
+    codes = np.repeat(np.arange(n)[:, None] % 8, k, axis=1)
+    g = k // gs
+    s = (rng.uniform(0.5, 1.5, (n, g)) * 0.02).astype(np.float16)
+    if mode == "int3_sym":
+        z, c = np.array([4], np.uint8), R.INT_CODEBOOK.astype(np.float16)
+    elif mode == "int3_asym":
+        z, c = rng.integers(0, 8, (n, g)).astype(np.uint8), R.INT_CODEBOOK.astype(np.float16)
+    else:
+        z, c = np.array([0], np.uint8), NF3_CODEBOOK.astype(np.float16)
+    w = R.pack_k3(codes)
+    cm = _matmul3_model(ext, k, w, s, z, c, gs)
+    x = np.stack([np.full(k, 3.0), np.full(k, -2.5), np.where(np.arange(k) % 3, 1.5, -1.5)]).astype(np.float32)
+    ref = R.matmul3_ref(x, w, s, z, c, gs)
+    y = cm(x)[0]
+    # int codebooks: exact integer sums (only f16 / f32 rounding); NF3: its 8-bit levels round the codebook
+    assert _rel(y, ref) < (1e-4 if mode != "nf3" else 1e-2)

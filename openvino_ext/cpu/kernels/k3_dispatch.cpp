@@ -68,14 +68,20 @@ static Kernels make_vnni() {
     return k;
 }
 
-static Kernels make_avx2_vnni() {
+static Kernels make_avx2_q8(bool vnni) {
     Kernels k = avx2_kernels;
+    k.name = "avx2_int8";
+    k.quantize = avx2_q8_quantize;
+    k.gemv_q8 = avx2_int8_gemv_q8;
+    k.gemv2_q8 = avx2_int8_gemv2_q8;
+    k.gemm_q8 = avx2_int8_gemm_q8;
 #ifdef NNCF_MOE3_WITH_AVXVNNI
-    k.name = "avx2_vnni";
-    k.quantize = avx2_vnni_quantize;
-    k.gemv_q8 = avx2_vnni_gemv_q8;
-    k.gemv2_q8 = avx2_vnni_gemv2_q8;
-    k.gemm_q8 = avx2_vnni_gemm_q8;
+    if (vnni) {
+        k.name = "avx2_vnni";
+        k.gemv_q8 = avx2_vnni_gemv_q8;
+        k.gemv2_q8 = avx2_vnni_gemv2_q8;
+        k.gemm_q8 = avx2_vnni_gemm_q8;
+    }
 #endif
     return k;
 }
@@ -91,9 +97,11 @@ const Kernels& select() {
     static const Kernels vnni = make_vnni();
     const char* isa = std::getenv("NNCF_MOE3_ISA");
     int cap = 2;  // 2 avx512, 1 avx2, 0 scalar
+    bool avx2_int8 = false;  // "avx2_int8": the plain-AVX2 int8 kernels even where AVX-VNNI is there
     if (isa && *isa) {
         if (!std::strcmp(isa, "scalar")) cap = 0;
         else if (!std::strcmp(isa, "avx2")) cap = 1;
+        else if (!std::strcmp(isa, "avx2_int8")) cap = 1, avx2_int8 = true;
     }
     const char* aq = std::getenv("NNCF_MOE3_ACT_QUANT");
     const bool act_quant = !(aq && !std::strcmp(aq, "0"));
@@ -107,9 +115,13 @@ const Kernels& select() {
     }
     if (cap >= 2 && act_quant && cpu_has_avx512_vnni()) return vnni;
     if (cap >= 2 && cpu_has_avx512()) return avx512_kernels;
-    if (cap >= 1 && act_quant && cpu_has_avx2_vnni()) {
-        static const Kernels avx2_vnni = make_avx2_vnni();
+    if (cap >= 1 && act_quant && !avx2_int8 && cpu_has_avx2_vnni()) {
+        static const Kernels avx2_vnni = make_avx2_q8(true);
         return avx2_vnni;
+    }
+    if (cap >= 1 && act_quant && cpu_has_avx2()) {
+        static const Kernels avx2_q8 = make_avx2_q8(false);
+        return avx2_q8;
     }
     if (cap >= 1 && cpu_has_avx2()) return avx2_kernels;
     return scalar_kernels;

@@ -117,9 +117,17 @@ void avx512_amx_gemm_q8(const Weight& W, const Table& T, const QAct& X, const in
 // the same tiling with a scalar emulation of the tile instructions (tests on CPUs without AMX)
 void avx512_amx_emu_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M,
                             int64_t n0, int64_t n1, float* y, int64_t ldy);
-// AVX2 + AVX-VNNI forms of the int8-activation kernels (k3_avx2_vnni.cpp; built when the compiler has -mavxvnni)
-void avx2_vnni_quantize(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs, int8_t* q,
-                        float* dx, float* sum);
+// 256-bit forms of the int8-activation kernels (k3_avx2_q8.inc): the quantizer (k3_avx2_int8.cpp, AVX2 + FMA), the
+// plain-AVX2 vpmaddubsw kernels "avx2_int8" (k3_avx2_int8.cpp) and the AVX-VNNI ones "avx2_vnni" (k3_avx2_vnni.cpp,
+// built when the compiler has -mavxvnni)
+void avx2_q8_quantize(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs, int8_t* q,
+                      float* dx, float* sum);
+void avx2_int8_gemv_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int M, int64_t n0,
+                       int64_t n1, float* y, int64_t ldy);
+void avx2_int8_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, const Table& Tb, const QAct& X,
+                        const int32_t* tok, int M, int64_t n0, int64_t n1, float* ya, float* yb, int64_t ldy);
+void avx2_int8_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
+                       int64_t n1, float* y, int64_t ldy);
 void avx2_vnni_gemv_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int M, int64_t n0,
                        int64_t n1, float* y, int64_t ldy);
 void avx2_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, const Table& Tb, const QAct& X,
@@ -141,7 +149,8 @@ extern const Kernels avx512_kernels;
 // NNCF_MOE3_ISA=amx opts into the AMX-INT8 prefill GEMM (not validated on AMX hardware yet), amx_emulate runs the
 // same GEMM with emulated tile instructions (any AVX512-VNNI CPU; slow, for tests). On CPUs
 // with AVX512-VNNI/VBMI the int8-activation kernels (quantize / gemv_q8 / gemv2_q8 / gemm_q8) are set unless
-// NNCF_MOE3_ACT_QUANT=0; CPUs (or NNCF_MOE3_ISA=avx2) with AVX2 + AVX-VNNI get their 256-bit form ("avx2_vnni").
+// NNCF_MOE3_ACT_QUANT=0; CPUs (or NNCF_MOE3_ISA=avx2) with AVX2 + AVX-VNNI get their 256-bit form ("avx2_vnni"),
+// other AVX2 CPUs (or NNCF_MOE3_ISA=avx2_int8 on any AVX2 CPU) the plain-AVX2 form ("avx2_int8").
 const Kernels& select();
 bool cpu_has_avx512();
 bool cpu_has_avx2();
