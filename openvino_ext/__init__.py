@@ -56,9 +56,9 @@ def _clib():
 
 
 def isa() -> str:
-    """Kernel ISA the extension uses now: "avx512_vnni" / "avx2_vnni" (int8-activation kernels), "avx512" / "avx2"
-    (exact f32 kernels; also under NNCF_MOE3_ACT_QUANT=0), "scalar", or the opt-in "amx" / "amx_emulate"; env
-    NNCF_MOE3_ISA lowers it."""
+    """Kernel ISA the extension uses now: "avx512_vnni" / "avx2_vnni" / "avx2_int8" (int8-activation kernels: AVX-512
+    VNNI, AVX2 + AVX-VNNI, plain AVX2), "avx512" / "avx2" (exact f32 kernels; also under NNCF_MOE3_ACT_QUANT=0),
+    "scalar", or the opt-in "amx" / "amx_emulate"; env NNCF_MOE3_ISA lowers it."""
     return _clib().nncf_moe3_isa().decode()
 
 

@@ -868,10 +868,17 @@ def test_avx2_q8_matches_avx512_vnni(ext, monkeypatch, case, kern):
     np.testing.assert_allclose(y256, y512, rtol=1e-4, atol=1e-5 * np.abs(y512).max())
 
 
-@pytest.mark.parametrize("case", _rand_cases(31, 6), ids=lambda c: f"m{c['m']}-n{c['n']}-k{c['k']}-g{c['gs']}-{c['mode']}")
+@pytest.mark.parametrize("case", [dict(m=m, n=n, k=k, gs=gs, mode=mode, seed=i) for i, (m, n, k, gs, mode) in enumerate(
+    [(1, 135, 256, 64, "int3_sym"), (3, 77, 640, 128, "int3_asym"), (4, 50, 288, 96, "nf3"), (2, 9, 2304, 32, "nf3"),
+     (7, 101, 64, 64, "int3_asym"), (128, 8, 224, 32, "int3_sym"), (33, 40, 768, 128, "int3_sym"),
+     (17, 61, 4096, 4096, "int3_asym"), (33, 101, 384, 64, "nf3"), (9, 88, 224, 32, "nf3")])],
+    ids=lambda c: f"m{c['m']}-n{c['n']}-k{c['k']}-g{c['gs']}-{c['mode']}")
 def test_avx2_int8_equals_avx2_vnni(ext, monkeypatch, case):
-    """vpmaddubsw (16-bit partial sums, widened per chunk) and vpdpbusd compute the same exact integer sums in the
-    same order of float operations: bit-identical outputs."""
+    """vpmaddubsw (16-bit partial sums, widened per chunk) and vpdpbusd compute the same exact integer sums: with the
+    same order of float operations (decode GEMV; prefill GEMM of integer codebooks, flushed per group) the outputs
+    are bit-identical. Prefill differs in float summation order where the int16 sums are flushed more than once per
+    group (> 64 values: 16-k-step chunks) and for NF3 (plain AVX2 runs the GEMV over token chunks, not the tile
+    GEMM): rtol 1e-5 there."""
     import openvino_ext
 
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
@@ -885,7 +892,11 @@ def test_avx2_int8_equals_avx2_vnni(ext, monkeypatch, case):
     yv = cm(x)[0]
     monkeypatch.setenv("NNCF_MOE3_ISA", "avx2_int8")
     assert openvino_ext.isa() == "avx2_int8"
-    np.testing.assert_array_equal(cm(x)[0], yv)
+    yi = cm(x)[0]
+    if case["m"] <= 4 or (case["mode"] != "nf3" and case["gs"] <= 64):
+        np.testing.assert_array_equal(yi, yv)
+    else:
+        np.testing.assert_allclose(yi, yv, rtol=1e-5, atol=1e-6 * np.abs(yv).max())
 
 
 @pytest.mark.parametrize("mode", ["int3_sym", "int3_asym", "nf3"])
