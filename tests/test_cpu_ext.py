@@ -932,3 +932,21 @@ def test_avx2_int8_no_saturation(ext, monkeypatch, mode, gs):
     y = cm(x)[0]
     # int codebooks: exact integer sums (only f16 / f32 rounding); NF3: its 8-bit levels round the codebook
     assert _rel(y, ref) < (1e-4 if mode != "nf3" else 1e-2)
+
+
+@pytest.mark.parametrize("codebook", [[-7, -5, -3, -1, 1, 3, 5, 7], [0, 1, 2, 4, 8, 16, 32, 255]],
+                         ids=["odd_integers", "range_255"])
+@pytest.mark.parametrize("m", [1, 3, 21])
+def test_integer_codebook_not_the_codes(ext, isa, codebook, m):
+    """Integer codebooks whose levels are not the codes themselves (a level table on every int8 path; with a level
+    range of 255 plain AVX2's prefill GEMM cannot shift the levels to signed bytes and runs the GEMV over token
+    chunks) against the numpy reference."""
+    rng = np.random.default_rng(len(codebook) * m + codebook[-1])
+    n, k, gs = 70, 512, 128
+    w, s, _, _ = R.random_case(rng, n, k, gs, "int3_sym")
+    c = np.array(codebook, np.float16)
+    z = np.array([0], np.uint8)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = _matmul3_model(ext, k, w, s, z, c, gs)(x)[0]
+    ref = R.matmul3_ref(x, w, s, z, c, gs)
+    assert _rel(y, ref) < _tol(isa, 2e-5)

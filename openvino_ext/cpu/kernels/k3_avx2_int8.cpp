@@ -4,8 +4,9 @@
 //   integer levels (every int3 mode: level = code, 0..7): vpmaddubsw(levels u8, xq s8) gives 16 int16 sums of two
 //     products (|.| <= 2 * 7 * 127 = 1778), added up in int16 over <= 16 blocks per accumulator (<= 28448, no
 //     saturation), widened once per group (or chunk) by vpmaddwd with ones;
-//   real codebooks (NF3; levels 0..255): the levels split into nibbles by two vpshufb tables, one vpmaddubsw each
-//     (|.| <= 2 * 15 * 127 = 3810, <= 8 blocks per accumulator: <= 30480), widened by vpmaddwd with 1 and 16.
+//   real codebooks (NF3; levels 0..255), decode: the levels split into nibbles by two vpshufb tables, one
+//     vpmaddubsw each (|.| <= 2 * 15 * 127 = 3810, <= 8 blocks per accumulator: <= 30480), widened by vpmaddwd with
+//     1 and 16; prefill GEMM: signed levels with vpsignb (DotSign).
 // Exact integer sums like vpdpbusd, so the results equal avx2_vnni's and avx512_vnni's up to float summation order.
 #include <immintrin.h>
 
@@ -23,7 +24,6 @@ namespace {
 
 struct DotInt {  // levels = codes 0..7
     static constexpr int64_t CHUNK = 32;
-    static constexpr bool TILE = true;
     static constexpr int MT = 4;  // 8 int16 accumulators + 2 weight vectors + broadcast + product: no spills
     static constexpr int64_t KCHUNK = 16;  // <= 16 * 1778 per int16 lane
     struct Lv {
@@ -49,9 +49,6 @@ struct DotInt {  // levels = codes 0..7
 
 struct DotLut {  // any u8 levels: low and high nibble
     static constexpr int64_t CHUNK = 16;
-    static constexpr bool TILE = false;  // two vectors per level block: prefill runs the GEMV over token chunks
-    static constexpr int MT = 4;
-    static constexpr int64_t KCHUNK = 8;
     struct Lv {
         __m256i lo, hi;
     };
@@ -69,6 +66,42 @@ struct DotLut {  // any u8 levels: low and high nibble
     static inline __m256i widen(const Acc& a) {
         return _mm256_add_epi32(_mm256_madd_epi16(a.lo, _mm256_set1_epi16(1)),
                                 _mm256_madd_epi16(a.hi, _mm256_set1_epi16(16)));
+    }
+};
+
+// The prefill GEMM's dot for real-codebook levels (NF3: 1..255): the levels shifted to signed l - 128 (-127..127),
+// vpmaddubsw(|xq|, sign(l - 128, xq)) = (l - 128) * xq per byte, at most 2 * 127 * 127 = 32258 per pair (no
+// saturation), widened at once (vpmaddwd) into int32; the shift by 128 moves into the level offset.
+struct DotSign {
+    static constexpr int64_t CHUNK = (int64_t)1 << 40;
+    static constexpr int MT = 4;
+    static constexpr int64_t KCHUNK = (int64_t)1 << 40;
+    struct Lv {
+        __m256i l;
+    };
+    struct Acc {
+        __m256i s32;
+    };
+    static inline Lv levels(const Unpack2& U, __m256i q) { return {_mm256_shuffle_epi8(U.lut, q)}; }
+    static inline void zero(Acc& a) { a.s32 = _mm256_setzero_si256(); }
+    static inline __m256i widen(const Acc& a) { return a.s32; }
+    static inline void dot_tied(Acc& a, const Lv& l, __m256i x) {
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(l.l, x)),
+                                            _mm256_set1_epi16(1));
+        __asm__("vpaddd %1, %0, %0" : "+x"(a.s32) : "x"(p));
+    }
+    // every level in 1..255 (l - 128 = -128 has no positive counterpart for vpsignb)
+    static inline bool usable(const Levels& L) {
+        for (int i = 0; i < 8; ++i)
+            if (L.lut[i] == 0) return false;
+        return true;
+    }
+    static inline Levels adapt(const Levels& L) {
+        Levels S = L;
+        for (int i = 0; i < 64; ++i) S.lut[i] = (uint8_t)(L.lut[i] - 128u);
+        S.off = L.off - 128.f;
+        S.ident = false;
+        return S;
     }
 };
 
@@ -129,7 +162,7 @@ void avx2_int8_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, con
 
 void avx2_int8_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
                        int64_t n1, float* y, int64_t ldy) {
-    gemm_q8_impl<DotInt, DotLut>(W, T, X, tok, M, n0, n1, y, ldy);
+    gemm_q8_impl<DotInt, DotLut, DotSign>(W, T, X, tok, M, n0, n1, y, ldy);
 }
 
 }  // namespace k3

@@ -17,7 +17,6 @@ namespace {
 template <bool LUT>
 struct DotVnni {
     static constexpr int64_t CHUNK = (int64_t)1 << 40;  // int32 sums: no widening needed
-    static constexpr bool TILE = true;
     static constexpr int MT = 6;  // 12 int32 accumulators + 2 weight vectors + broadcast
     static constexpr int64_t KCHUNK = (int64_t)1 << 40;
     struct Lv {
@@ -36,6 +35,8 @@ struct DotVnni {
         __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(a.s32) : "x"(l.l), "x"(x));
     }
     static inline __m256i widen(const Acc& a) { return a.s32; }
+    static inline bool usable(const Levels&) { return true; }
+    static inline const Levels& adapt(const Levels& L) { return L; }
 };
 
 }  // namespace
@@ -52,7 +53,7 @@ void avx2_vnni_gemv2_q8(const Weight& Wa, const Table& Ta, const Weight& Wb, con
 
 void avx2_vnni_gemm_q8(const Weight& W, const Table& T, const QAct& X, const int32_t* tok, int64_t M, int64_t n0,
                        int64_t n1, float* y, int64_t ldy) {
-    gemm_q8_impl<DotVnni<false>, DotVnni<true>>(W, T, X, tok, M, n0, n1, y, ldy);
+    gemm_q8_impl<DotVnni<false>, DotVnni<true>, DotVnni<true>>(W, T, X, tok, M, n0, n1, y, ldy);
 }
 
 }  // namespace k3
