@@ -8,7 +8,7 @@
 // Build and run (the oneTBB headers and library ship with the openvino wheel):
 //   OV=$(python -c "import openvino, os; print(os.path.dirname(openvino.__file__))")
 //   g++ -O3 -march=icelake-server -Iopenvino_ext/cpu -I$OV/include openvino_ext/cpu/tools/gemv_bench.cpp \
-//       openvino_ext/cpu/kernels/k3_avx512_vnni.cpp -o /tmp/gemv_bench $OV/libs/libtbb.so.12 -Wl,-rpath,$OV/libs
+//       openvino_ext/cpu/kernels/k3_avx512_vnni.cpp openvino_ext/cpu/kernels/k3_runtime.cpp -o /tmp/gemv_bench $OV/libs/libtbb.so.12 -Wl,-rpath,$OV/libs
 //   /tmp/gemv_bench 2 20 [0]  # threads, decode steps [, 0 = 4 KB pages]
 //   /tmp/gemv_bench rows 65536 2048 3   # one core: N x K rows (g128) in `mats` matrices read in turn (3 x 50 MB:
 //                                       # from DRAM; `rows 256 2048 1`: L2-resident) -> weights/ns, GB/s
