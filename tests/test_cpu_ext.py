@@ -707,6 +707,37 @@ def test_isa_forced_in_subprocess(forced):
     assert got == (forced if order.index(forced) <= order.index(best) else best)
 
 
+def test_isa_unknown_name_warns():
+    """An unknown NNCF_MOE3_ISA is named on stderr (once) and the best kernels run; the kernel names that isa()
+    reports are accepted as values too."""
+    import subprocess
+    import sys
+
+    import openvino_ext
+    from openvino_ext.build import BuildError
+
+    try:
+        openvino_ext.library_path(build=True)
+    except BuildError as e:
+        pytest.skip(str(e))
+    code = "import openvino_ext; print(openvino_ext.isa()); print(openvino_ext.isa())"
+
+    def run(value):
+        env = dict(os.environ, NNCF_MOE3_ISA=value)
+        env.pop("NNCF_MOE3_ACT_QUANT", None)
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+
+    best = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={k: v for k, v in os.environ.items() if k not in ("NNCF_MOE3_ISA", "NNCF_MOE3_ACT_QUANT")})
+    r = run("avx3000")
+    assert r.stdout == best.stdout
+    assert r.stderr.count("unknown NNCF_MOE3_ISA=avx3000") == 1
+    name = best.stdout.split()[0]
+    if name in ("avx512_vnni", "avx2_vnni", "avx2_int8"):
+        r = run(name)
+        assert r.stdout.split()[0] == name and "unknown" not in r.stderr
+
+
 _GFNI_SCRIPT = r"""
 import sys, numpy as np, openvino as ov, openvino_ext
 from openvino import opset13 as ops

@@ -1,5 +1,5 @@
 // Plain-AVX2 int8-activation kernels ("avx2_int8": AVX2 CPUs without AVX-VNNI or AVX-512 VNNI -- Intel Haswell ..
-// Comet Lake, AMD Zen 1-3 and Zen 4 parts without AVX-512) and the activation quantizer shared with "avx2_vnni".
+// Comet Lake client, AMD Zen 1-3) and the activation quantizer shared with "avx2_vnni".
 // The kernels are k3_avx2_q8.inc with a vpmaddubsw dot product:
 //   integer levels (every int3 mode: level = code, 0..7): vpmaddubsw(levels u8, xq s8) gives 16 int16 sums of two
 //     products (|.| <= 2 * 7 * 127 = 1778), added up in int16 over <= 16 blocks per accumulator (<= 28448, no
@@ -73,7 +73,6 @@ struct DotLut {  // any u8 levels: low and high nibble
 // vpmaddubsw(|xq|, sign(l - 128, xq)) = (l - 128) * xq per byte, at most 2 * 127 * 127 = 32258 per pair (no
 // saturation), widened at once (vpmaddwd) into int32; the shift by 128 moves into the level offset.
 struct DotSign {
-    static constexpr int64_t CHUNK = (int64_t)1 << 40;
     static constexpr int MT = 4;
     static constexpr int64_t KCHUNK = (int64_t)1 << 40;
     struct Lv {
@@ -108,7 +107,7 @@ struct DotSign {
 }  // namespace
 
 void avx2_q8_quantize(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t gs, int8_t* q,
-                        float* dx, float* sum) {
+                      float* dx, float* sum) {
     const int64_t G = (K + gs - 1) / gs;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t m = 0; m < M; ++m) {

@@ -1,3 +1,4 @@
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -100,8 +101,19 @@ const Kernels& select() {
     bool avx2_int8 = false;  // "avx2_int8": the plain-AVX2 int8 kernels even where AVX-VNNI is there
     if (isa && *isa) {
         if (!std::strcmp(isa, "scalar")) cap = 0;
-        else if (!std::strcmp(isa, "avx2")) cap = 1;
+        else if (!std::strcmp(isa, "avx2") || !std::strcmp(isa, "avx2_vnni")) cap = 1;
         else if (!std::strcmp(isa, "avx2_int8")) cap = 1, avx2_int8 = true;
+        else if (std::strcmp(isa, "avx512") && std::strcmp(isa, "avx512_vnni") && std::strcmp(isa, "amx") &&
+                 std::strcmp(isa, "amx_emulate")) {
+            static bool warned = false;  // once per process (a benign race at worst prints it twice)
+            if (!warned) {
+                warned = true;
+                std::fprintf(stderr,
+                             "nncf_moe3: ignoring unknown NNCF_MOE3_ISA=%s (one of avx512, avx512_vnni, avx2, "
+                             "avx2_vnni, avx2_int8, scalar, amx, amx_emulate); using the best kernels of this CPU\n",
+                             isa);
+            }
+        }
     }
     const char* aq = std::getenv("NNCF_MOE3_ACT_QUANT");
     const bool act_quant = !(aq && !std::strcmp(aq, "0"));
