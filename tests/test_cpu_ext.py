@@ -616,7 +616,8 @@ def test_moe3_large_activations(ext, isa):
 @pytest.mark.parametrize("mode", ["int3_sym", "int3_asym", "nf3"])
 @pytest.mark.parametrize("gs", [32, 64, 128])
 def test_q8_gemm_equals_gemv(ext, monkeypatch, mode, gs, kern):
-    """The int8 GEMM (M > 4: unpacked 64-row tiles, 6-token VNNI micro-kernel or 32x32 AMX tiles) and the int8 GEMV
+    """The int8 GEMM (M > 4: unpacked 64-row tiles, 6-token VNNI micro-kernel or 32x32 AMX tiles; 256-bit forms:
+    16-row tiles, 6- / 4-token micro-kernels) and the int8 GEMV
     (M <= 4) quantize the activations identically, so row-by-row results agree to float rounding; covers row and
     token tails (and, for AMX, the fallback to the VNNI GEMM at group size 32)."""
     import openvino_ext
@@ -874,6 +875,14 @@ def test_packed_operands_bad_blob(ext):
         R.unpack_operands(trunc)
 
 
+def _rand_matmul3(ext, case):
+    """A compiled random MatMul3 of one _rand_cases-style case and its input."""
+    rng = np.random.default_rng(case["seed"])
+    w, s, z, c = R.random_case(rng, case["n"], case["k"], case["gs"], case["mode"])
+    return _matmul3_model(ext, case["k"], w, s, z, c, case["gs"]), rng.standard_normal((case["m"], case["k"])).astype(
+        np.float32)
+
+
 @pytest.mark.parametrize("kern", ["avx2_vnni", "avx2_int8"])
 @pytest.mark.parametrize("case", _rand_cases(23, 9), ids=lambda c: f"m{c['m']}-n{c['n']}-k{c['k']}-g{c['gs']}-{c['mode']}")
 def test_avx2_q8_matches_avx512_vnni(ext, monkeypatch, case, kern):
@@ -889,10 +898,7 @@ def test_avx2_q8_matches_avx512_vnni(ext, monkeypatch, case, kern):
     monkeypatch.setenv("NNCF_MOE3_ISA", "avx512")
     if openvino_ext.isa() != "avx512_vnni":
         pytest.skip("CPU lacks AVX512-VNNI (nothing to compare with)")
-    rng = np.random.default_rng(case["seed"])
-    w, s, z, c = R.random_case(rng, case["n"], case["k"], case["gs"], case["mode"])
-    cm = _matmul3_model(ext, case["k"], w, s, z, c, case["gs"])
-    x = rng.standard_normal((case["m"], case["k"])).astype(np.float32)
+    cm, x = _rand_matmul3(ext, case)
     y512 = cm(x)[0]
     monkeypatch.setenv("NNCF_MOE3_ISA", _forced_isa(kern))
     y256 = cm(x)[0]
@@ -908,18 +914,15 @@ def test_avx2_int8_equals_avx2_vnni(ext, monkeypatch, case):
     """vpmaddubsw (16-bit partial sums, widened per chunk) and vpdpbusd compute the same exact integer sums: with the
     same order of float operations (decode GEMV; prefill GEMM of integer codebooks, flushed per group) the outputs
     are bit-identical. Prefill differs in float summation order where the int16 sums are flushed more than once per
-    group (> 64 values: 16-k-step chunks) and for NF3 (plain AVX2 runs the GEMV over token chunks, not the tile
-    GEMM): rtol 1e-5 there."""
+    group (> 64 values: 16-k-step chunks) and for NF3 (plain AVX2's tile holds signed levels, the 128 moved into the
+    level offset): rtol 1e-5 there."""
     import openvino_ext
 
     monkeypatch.setenv("NNCF_MOE3_ACT_QUANT", "1")
     monkeypatch.setenv("NNCF_MOE3_ISA", "avx2")
     if openvino_ext.isa() != "avx2_vnni":
         pytest.skip("CPU lacks AVX-VNNI (nothing to compare with)")
-    rng = np.random.default_rng(case["seed"])
-    w, s, z, c = R.random_case(rng, case["n"], case["k"], case["gs"], case["mode"])
-    cm = _matmul3_model(ext, case["k"], w, s, z, c, case["gs"])
-    x = rng.standard_normal((case["m"], case["k"])).astype(np.float32)
+    cm, x = _rand_matmul3(ext, case)
     yv = cm(x)[0]
     monkeypatch.setenv("NNCF_MOE3_ISA", "avx2_int8")
     assert openvino_ext.isa() == "avx2_int8"

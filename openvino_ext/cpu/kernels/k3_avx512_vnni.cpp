@@ -85,8 +85,6 @@ struct Unpack {
     }
 };
 
-inline float scale_at(const Weight& W, int64_t i) { return W.sf ? W.sf[i] : _cvtsh_ss(W.s[i]); }
-
 // ------------------------------------------------------------------------------------------------------------
 // decode GEMV
 // ------------------------------------------------------------------------------------------------------------
@@ -480,12 +478,7 @@ inline void prepare_tile(const Weight& W, const Levels& L, const Unpack& U, int6
         unpack_tile<false>(W, U, rt, nrows, NBMAX, tile);
     else
         unpack_tile<true>(W, U, rt, nrows, NBMAX, tile);
-    for (int64_t g = 0; g < W.G; ++g)
-        for (int64_t r = 0; r < TR; ++r) {
-            const bool ok = r < nrows;
-            sv[g * TR + r] = ok ? scale_at(W, (rt + r) * W.G + g) * L.inv_alpha : 0.f;
-            zt[g * TR + r] = L.off + (ok && W.z ? L.alpha * (float)W.z[(rt + r) * W.G + g] : 0.f);
-        }
+    tile_factors(W, L, rt, nrows, TR, sv, zt);
 }
 
 struct TileCtx {

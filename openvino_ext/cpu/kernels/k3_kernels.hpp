@@ -100,6 +100,9 @@ struct Levels {
 Levels make_levels(const Table& T);
 // make_levels memoized per thread (two entries: a GEMV task's gate + up tables), k3_runtime.cpp
 Levels levels_of(const Table& T);
+// Per-(group, row) factors of a prefill GEMM tile of tr rows starting at row rt (nrows <= tr valid), k3_runtime.cpp:
+// sv[g * tr + r] = s / alpha and zt[g * tr + r] = off + alpha * z (rows past nrows: 0 / off)
+void tile_factors(const Weight& W, const Levels& L, int64_t rt, int64_t nrows, int64_t tr, float* sv, float* zt);
 
 constexpr int64_t Q8_MAX_G = 1024;  // groups per row the int8 kernels handle (K <= 32768 at group size 32)
 inline bool q8_eligible(const Kernels& Kn, const Weight& W) { return Kn.gemm_q8 && W.G <= Q8_MAX_G; }

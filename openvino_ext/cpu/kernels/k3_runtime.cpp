@@ -203,6 +203,16 @@ Levels make_levels(const Table& T) {
     return L;
 }
 
+void tile_factors(const Weight& W, const Levels& L, int64_t rt, int64_t nrows, int64_t tr, float* sv, float* zt) {
+    for (int64_t g = 0; g < W.G; ++g)
+        for (int64_t r = 0; r < tr; ++r) {
+            const bool ok = r < nrows;
+            const int64_t i = (rt + r) * W.G + g;
+            sv[g * tr + r] = ok ? (W.sf ? W.sf[i] : f16_to_f32(W.s[i])) * L.inv_alpha : 0.f;
+            zt[g * tr + r] = L.off + (ok && W.z ? L.alpha * (float)W.z[i] : 0.f);
+        }
+}
+
 // memoized per thread: every GEMV task calls it, and the tables of one model are a handful of distinct ones
 Levels levels_of(const Table& T) {
     thread_local Table key[2];
